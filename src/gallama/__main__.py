@@ -1,0 +1,3 @@
+from gallama.cli import app
+
+app()

@@ -1,0 +1,411 @@
+"""llama.cpp backend: one model, one context, continuous batching.
+
+A single engine thread owns the llama.cpp context. Each step it builds one batch
+holding the next token of every decoding sequence plus a chunk of prompt for
+sequences still prefilling, runs one `llama_decode`, and samples a token for
+each sequence that produced logits. Requests join and leave between steps.
+ctypes releases the GIL inside `llama_decode`, so the HTTP loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals
+
+from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
+from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
+
+log = logging.getLogger(__name__)
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
+
+KV_CACHE_TYPES = {
+    "FP16": llama_cpp.GGML_TYPE_F16,
+    "Q8": llama_cpp.GGML_TYPE_Q8_0,
+    "Q6": llama_cpp.GGML_TYPE_Q8_0,  # llama.cpp has no 6-bit KV type; Q8_0 is the nearest that is not smaller
+    "Q4": llama_cpp.GGML_TYPE_Q4_0,
+}
+
+
+DEFAULT_SEQUENCE_CONTEXT = 4096
+
+
+class EngineError(RuntimeError):
+    """The engine failed while decoding; the request cannot be completed."""
+
+
+@dataclass
+class _Slot:
+    """A llama.cpp sequence id and the tokens its KV cache holds."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    emit: Callable[[TokenEvent | Exception], None]
+    sampler: SequenceSampler
+    reservation: int
+    slot: _Slot | None = None
+    pending: list[int] = field(default_factory=list)  # tokens not yet in the KV cache
+    generated: int = 0
+    cancelled: bool = False
+
+
+class TokenStream:
+    """The tokens of one queued request; `cancel` frees its slot at the next step."""
+
+    def __init__(self, engine: "LlamaCppEngine", sequence: _Sequence, events: asyncio.Queue):
+        self._engine = engine
+        self._sequence = sequence
+        self._events = events
+        self._done = False
+
+    def __aiter__(self) -> "TokenStream":
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            event = await self._events.get()
+        except BaseException:  # the consumer was cancelled (client gone): stop decoding for it
+            self.cancel()
+            raise
+        if isinstance(event, Exception):
+            self.cancel()
+            raise event
+        if event.finish_reason is not None:
+            self._done = True
+        return event
+
+    def cancel(self) -> None:
+        self._done = True
+        if not self._sequence.cancelled:
+            self._engine._cancel(self._sequence)
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaCppEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        cache_size: int | None = None,
+        max_sequences: int = 8,
+        queue_size: int = 64,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        cache_quant: str | None = None,
+        n_gpu_layers: int = 0,
+        unified_kv: bool = False,
+    ):
+        self.model_path = model_path
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        # The CPU's AMX weight-repacking buffers crash llama_decode on multi-token
+        # batches with this build (seen on Sapphire Rapids); plain buffers are safe.
+        model_params.use_extra_bufts = False
+        self._model = _internals.LlamaModel(path_model=model_path, params=model_params, verbose=False)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
+        self.vocab_size = self._model.n_vocab()
+        self._pieces = [self._piece(t, special=False) for t in range(self.vocab_size)]
+
+        threads = n_threads or os.cpu_count() or 1
+        ctx_params = llama_cpp.llama_context_default_params()
+        per_sequence = min(self._model.n_ctx_train(), DEFAULT_SEQUENCE_CONTEXT)
+        ctx_params.n_ctx = cache_size or per_sequence * (1 if unified_kv else max_sequences)
+        ctx_params.n_batch = n_batch
+        ctx_params.n_ubatch = n_batch
+        ctx_params.n_seq_max = max_sequences
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        # Per-sequence KV streams (the default) keep each sequence's cache laid out
+        # the same whether it runs alone or in a batch, which makes greedy output
+        # batch-invariant; a unified cache lets one long sequence use the whole
+        # budget but changes numerics with the batch's cache layout.
+        ctx_params.kv_unified = unified_kv
+        ctx_params.no_perf = True
+        if cache_quant:
+            ctx_params.type_k = ctx_params.type_v = KV_CACHE_TYPES[cache_quant]
+        self._ctx = _internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
+        self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
+        self._unified_kv = unified_kv
+        self._n_batch = n_batch
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+
+        self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]
+        self._free_slots: deque[_Slot] = deque(self._slots)  # least recently used first
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._queue_size = queue_size
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"engine:{os.path.basename(model_path)}", daemon=True)
+        self._thread.start()
+
+    # -- model facts -------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buffer = ctypes.create_string_buffer(256)
+        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[: max(length, 0)]
+
+    def token_bytes(self, token: int) -> bytes:
+        """The token's bytes as output text; control tokens are empty."""
+        return self._pieces[token]
+
+    def token_text(self, token: int) -> str:
+        """The token's text including control tokens (for chat template variables)."""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def metadata(self) -> dict[str, str]:
+        return self._model.metadata()
+
+    @property
+    def bos_token_id(self) -> int:
+        return self._model.token_bos()
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._model.token_eos()
+
+    @property
+    def llama_vocab(self):
+        return self._vocab
+
+    @property
+    def load_stats(self) -> dict[str, int]:
+        return {"parameters": self._model.n_params(), "size_bytes": self._model.size()}
+
+    # -- requests ----------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> "TokenStream":
+        """Queues the request now (raising EngineOverloaded if the queue is full)."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
+
+        def emit(event: TokenEvent | Exception) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the consumer's loop is gone; nobody waits for this event
+                pass
+
+        sequence = _Sequence(
+            request=request,
+            emit=emit,
+            sampler=SequenceSampler(request.sampling, self.vocab_size),
+            reservation=len(request.prompt_tokens) + request.max_tokens,
+        )
+        self._submit(sequence)
+        return TokenStream(self, sequence, events)
+
+    def _cancel(self, sequence: _Sequence) -> None:
+        with self._lock:
+            sequence.cancelled = True
+            self._lock.notify()
+
+    def _submit(self, sequence: _Sequence) -> None:
+        if sequence.reservation > self.context_length:
+            raise ValueError("prompt plus max_tokens exceed the context length")
+        with self._lock:
+            if self._closed:
+                raise EngineError("the engine is shut down")
+            if len(self._waiting) >= self._queue_size:
+                raise EngineOverloaded()
+            self._waiting.append(sequence)
+            self._lock.notify()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running_sequences(self) -> int:
+        return len(self._running)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=10)
+        llama_cpp.llama_batch_free(self._batch)
+        self._ctx.close()
+        self._model.close()
+
+    # -- the engine thread -------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._drop_cancelled()
+                self._admit()
+                while not self._running and not self._closed:
+                    self._lock.wait()
+                    self._drop_cancelled()
+                    self._admit()
+                if self._closed:
+                    for sequence in [*self._running, *self._waiting]:
+                        sequence.emit(EngineError("the server is shutting down"))
+                    return
+                batch_members = list(self._running)
+            try:
+                self._step(batch_members)
+            except Exception as error:  # a failed decode ends the requests in it, not the engine
+                log.exception("decode step failed")
+                with self._lock:
+                    for sequence in batch_members:
+                        sequence.emit(EngineError(f"decoding failed: {error}"))
+                        self._release(sequence, keep_cache=False)
+
+    def _drop_cancelled(self) -> None:
+        for sequence in [s for s in self._running if s.cancelled]:
+            self._release(sequence, keep_cache=True)
+        self._waiting = deque(s for s in self._waiting if not s.cancelled)
+
+    def _fits(self, sequence: _Sequence, slot: _Slot) -> bool:
+        """Whether the sequence's reservation fits next to running work and idle caches."""
+        if not self._unified_kv:
+            return True  # each slot owns context_length cells
+        running = sum(s.reservation for s in self._running)
+        idle = sum(len(s.cached) for s in self._free_slots if s is not slot)
+        return running + idle + sequence.reservation <= self.cache_size
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            sequence = self._waiting[0]
+            prompt = sequence.request.prompt_tokens
+            slot = max(self._free_slots, key=lambda s: _common_prefix_length(s.cached, prompt))
+            # Evict idle caches, least recently used first, until the reservation fits.
+            for victim in [s for s in self._free_slots if s is not slot]:
+                if self._fits(sequence, slot):
+                    break
+                self._clear_slot(victim)
+            if not self._fits(sequence, slot):
+                return  # wait for running sequences to finish
+            # Keep at least one prompt token to decode so that the step yields logits.
+            reused = min(_common_prefix_length(slot.cached, prompt), len(prompt) - 1)
+            self._waiting.popleft()
+            self._free_slots.remove(slot)
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
+            del slot.cached[reused:]
+            sequence.slot = slot
+            sequence.pending = list(prompt[reused:])
+            self._running.append(sequence)
+
+    def _clear_slot(self, slot: _Slot) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+        slot.cached.clear()
+
+    def _release(self, sequence: _Sequence, keep_cache: bool) -> None:
+        if sequence not in self._running:
+            return
+        self._running.remove(sequence)
+        slot = sequence.slot
+        if not keep_cache:
+            self._clear_slot(slot)
+        self._free_slots.append(slot)
+
+    def _step(self, members: list[_Sequence]) -> None:
+        # Decoding sequences and prompt prefills go in separate llama_decode calls:
+        # llama.cpp's numerics depend on a batch's shape, and keeping a decode batch
+        # free of prompt chunks makes a greedy answer the same alone and in a batch.
+        decoding = [s for s in members if len(s.pending) == 1]
+        prefilling = [s for s in members if len(s.pending) > 1]
+        if decoding:
+            self._decode(decoding)
+        if prefilling:
+            self._decode(prefilling)
+
+    def _decode(self, members: list[_Sequence]) -> None:
+        batch = self._batch
+        n = 0
+        outputs: list[tuple[_Sequence, int]] = []
+        fed: list[tuple[_Sequence, int]] = []
+        for sequence in members:
+            room = self._n_batch - n
+            if room <= 0:
+                break
+            chunk = sequence.pending[:room]
+            slot = sequence.slot
+            for offset, token in enumerate(chunk):
+                batch.token[n] = token
+                batch.pos[n] = len(slot.cached) + offset
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                batch.logits[n] = False
+                n += 1
+            fed.append((sequence, len(chunk)))
+            if len(chunk) == len(sequence.pending):
+                batch.logits[n - 1] = True
+                outputs.append((sequence, n - 1))
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            raise EngineError(f"llama_decode returned {status}")
+        for sequence, count in fed:
+            sequence.slot.cached.extend(sequence.pending[:count])
+            del sequence.pending[:count]
+        for sequence, index in outputs:
+            self._sample(sequence, index)
+
+    def _sample(self, sequence: _Sequence, index: int) -> None:
+        request = sequence.request
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.vocab_size,))
+        allowed = None
+        if request.constraint is not None:
+            mask = np.frombuffer(request.constraint.compute_bitmask(), dtype=np.uint8)
+            allowed = np.unpackbits(mask, bitorder="little")[: self.vocab_size].astype(bool)
+            if allowed.size < self.vocab_size:
+                allowed = np.pad(allowed, (0, self.vocab_size - allowed.size))
+        token = sequence.sampler.choose(sequence.sampler.adjusted_logits(logits, allowed))
+        sequence.sampler.accept(token)
+        sequence.generated += 1
+
+        event = TokenEvent(token=token)
+        if request.top_logprobs is not None:
+            logprobs = log_softmax(logits)
+            event.logprob = float(logprobs[token])
+            event.top_logprobs = top_logprobs(logprobs, request.top_logprobs)
+
+        finished = self.is_end_of_generation(token)
+        if request.constraint is not None and not finished:
+            if not request.constraint.consume_token(token):
+                raise EngineError("the constraint rejected a token it allowed")
+            finished = request.constraint.is_stopped()
+        if finished:
+            event.finish_reason = "stop"
+        elif sequence.generated >= request.max_tokens:
+            event.finish_reason = "length"
+        sequence.emit(event)
+        if event.finish_reason is not None:
+            with self._lock:
+                self._release(sequence, keep_cache=True)
+        else:
+            sequence.pending = [token]

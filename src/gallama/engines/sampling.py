@@ -1,0 +1,100 @@
+"""Token sampling over one row of logits, in numpy.
+
+Kept apart from the decode loop so that it is pure and unit-testable, and so
+that every backend samples the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from gallama.engines.base import SamplingParams
+
+
+NEGLIGIBLE_LOG_RATIO = 30.0
+
+
+class SequenceSampler:
+    """Samples the tokens of one sequence; holds its RNG and penalty counts."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int):
+        self.params = params
+        self.vocab_size = vocab_size
+        self.rng = np.random.default_rng(params.seed)
+        self.generated_counts: Counter[int] = Counter()
+        self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
+        self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
+
+    def _needs_adjusting(self) -> bool:
+        p = self.params
+        return bool(
+            self._bias_ids.size
+            or (self.generated_counts and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0))
+        )
+
+    def adjusted_logits(self, logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        """Logits after logit_bias, penalties and the constraint mask (a copy if changed)."""
+        p = self.params
+        if self._needs_adjusting():
+            logits = logits.copy()
+            if self._bias_ids.size:
+                logits[self._bias_ids] += self._bias_values
+            if self.generated_counts:
+                ids = np.fromiter(self.generated_counts.keys(), dtype=np.int64)
+                counts = np.fromiter(self.generated_counts.values(), dtype=np.float32)
+                if p.repetition_penalty != 1.0:
+                    # As in llama.cpp and transformers: shrink positive logits, grow negative ones.
+                    seen = logits[ids]
+                    logits[ids] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+                logits[ids] -= counts * p.frequency_penalty + p.presence_penalty
+        if allowed is not None:
+            logits = np.where(allowed, logits, -np.inf).astype(np.float32, copy=False)
+        return logits
+
+    def choose(self, logits: np.ndarray) -> int:
+        """Picks a token from adjusted logits."""
+        p = self.params
+        if p.temperature <= 0.0:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / p.temperature
+        best = scaled.max()
+        if not np.isfinite(best):
+            return int(np.argmax(logits))
+        # Tokens more than e^30 times less likely than the best carry no probability
+        # worth sampling; dropping them first keeps the sort below small.
+        candidates = np.flatnonzero(scaled >= best - NEGLIGIBLE_LOG_RATIO)
+        if p.top_k and p.top_k < candidates.size:
+            top = np.argpartition(scaled[candidates], -p.top_k)[-p.top_k :]
+            candidates = candidates[top]
+        values = scaled[candidates]
+        order = np.argsort(-values, kind="stable")
+        candidates, values = candidates[order], values[order]
+        probs = np.exp(values - values[0])
+        probs /= probs.sum()
+        keep = probs.size
+        if p.top_p < 1.0:
+            keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
+        if p.min_p > 0.0:
+            keep = min(keep, max(1, int(np.count_nonzero(probs >= p.min_p * probs[0]))))
+        probs = probs[:keep] / probs[:keep].sum()
+        return int(candidates[self.rng.choice(keep, p=probs)])
+
+    def accept(self, token: int) -> None:
+        self.generated_counts[token] += 1
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    values = logits.astype(np.float64)
+    finite_max = np.max(values[np.isfinite(values)])
+    shifted = values - finite_max
+    return shifted - np.log(np.sum(np.exp(shifted)))
+
+
+def top_logprobs(logprobs: np.ndarray, count: int) -> list[tuple[int, float]]:
+    if count <= 0:
+        return []
+    top = np.argpartition(logprobs, -count)[-count:]
+    top = top[np.argsort(-logprobs[top], kind="stable")]
+    return [(int(t), float(logprobs[t])) for t in top]

@@ -1,0 +1,55 @@
+"""OpenAI error objects, raised as exceptions and rendered in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+
+
+class ModelNotFound(APIError):
+    status_code = 404
+
+    def __init__(self, model: str):
+        super().__init__(f"The model '{model}' does not exist or is not served here.", param="model", code="model_not_found")
+
+
+class ContextLengthExceeded(APIError):
+    status_code = 400
+
+    def __init__(self, message: str):
+        super().__init__(message, param="messages", code="context_length_exceeded")
+
+
+class RateLimited(APIError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, code="rate_limit_exceeded", headers={"Retry-After": str(retry_after_s)})
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    error_type = "server_error"
+
+
+def unsupported_parameter(name: str, why: str = "is not supported by this server") -> InvalidRequest:
+    return InvalidRequest(f"The parameter '{name}' {why}.", param=name, code="unsupported_parameter")

@@ -1,0 +1,48 @@
+"""A loaded model instance: its engine plus what the agentic layer needs of it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gallama.agentic.chat_template import CHATML_TEMPLATE, ChatTemplate
+from gallama.engines.llama_cpp_engine import LlamaCppEngine
+
+
+@dataclass
+class ServedModel:
+    name: str
+    engine: LlamaCppEngine
+    template: ChatTemplate
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def from_engine(cls, name: str, engine: LlamaCppEngine, template_override: str | None = None) -> "ServedModel":
+        metadata = engine.metadata()
+        source = template_override or metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        template = ChatTemplate(
+            source,
+            bos_token=engine.token_text(engine.bos_token_id) if engine.bos_token_id >= 0 else "",
+            eos_token=engine.token_text(engine.eos_token_id) if engine.eos_token_id >= 0 else "",
+        )
+        return cls(name=name, engine=engine, template=template)
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt; special tokens in the text are parsed as such.
+
+        Templates write the BOS token themselves, so it is only added when the
+        model wants one and the text did not start with it.
+        """
+        tokens = self.engine.tokenize(text, add_special=False, parse_special=True)
+        bos = self.engine.bos_token_id
+        wants_bos = self.engine.metadata().get("tokenizer.ggml.add_bos_token", "false") == "true"
+        if wants_bos and bos >= 0 and (not tokens or tokens[0] != bos):
+            tokens.insert(0, bos)
+        return tokens
+
+    def render_chat(self, messages: list[dict[str, Any]], **template_vars: Any) -> str:
+        return self.template.render(messages, add_generation_prompt=True, **template_vars)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,68 @@
+"""The FastAPI application: routes, and every error turned into an OpenAI error object."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gallama import __version__
+from gallama.protocol.errors import APIError
+from gallama.router.registry import ModelRegistry
+from gallama.server.routes import chat, completions, models
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None):
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}}
+    )
+
+
+def _validation_message(error: dict) -> tuple[str, str | None]:
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if error.get("type") == "json_invalid":
+        return f"The request body is not valid JSON: {error.get('ctx', {}).get('error', error.get('msg'))}", None
+    if error.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if error.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    return f"Invalid value for '{param}': {error.get('msg')}", param
+
+
+def create_app(registry: ModelRegistry) -> FastAPI:
+    app = FastAPI(title="gallama", version=__version__)
+    app.state.registry = registry
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, error: APIError):
+        return JSONResponse(status_code=error.status_code, content=error.body(), headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError):
+        errors = error.errors()
+        message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return _error(400, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException):
+        code = "not_found" if error.status_code == 404 else None
+        return _error(error.status_code, str(error.detail), code=code)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception):
+        log.exception("unhandled error")
+        return _error(500, f"internal error: {type(error).__name__}")
+
+    app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(models.router)
+    return app

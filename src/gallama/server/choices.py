@@ -1,0 +1,111 @@
+"""One generated choice: engine tokens turned into text pieces, cut at stop strings."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from gallama.agentic.text_stream import StopStringCutter, Utf8Stream
+from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
+from gallama.protocol.errors import RateLimited
+from gallama.router.served_model import ServedModel
+
+
+@dataclass
+class Piece:
+    text: str
+    events: list[TokenEvent] = field(default_factory=list)  # the tokens behind this text (for logprobs)
+    finish_reason: str | None = None
+
+
+@dataclass
+class ChoiceSpec:
+    request: GenerationRequest
+    stops: list[str] = field(default_factory=list)
+    keep_stop: bool = False
+
+
+class ChoiceRun:
+    """A choice whose engine request is queued as soon as the run is made."""
+
+    def __init__(self, model: ServedModel, spec: ChoiceSpec):
+        self.model = model
+        self.spec = spec
+        self.tokens = model.engine.generate(spec.request)
+        self.completion_tokens = 0
+
+    def cancel(self) -> None:
+        self.tokens.cancel()
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        engine = self.model.engine
+        utf8 = Utf8Stream()
+        cutter = StopStringCutter(self.spec.stops, keep_stop=self.spec.keep_stop)
+        waiting: list[TokenEvent] = []
+        try:
+            async for event in self.tokens:
+                self.completion_tokens += 1
+                waiting.append(event)
+                eog = engine.is_end_of_generation(event.token)
+                text = cutter.feed("" if eog else utf8.feed(engine.token_bytes(event.token)))
+                if cutter.matched is not None:
+                    yield Piece(text, waiting, "stop")
+                    return
+                if event.finish_reason is not None:
+                    text += cutter.feed(utf8.flush())
+                    if cutter.matched is None:
+                        text += cutter.flush()
+                    yield Piece(text, waiting, "stop" if cutter.matched else event.finish_reason)
+                    return
+                if text:
+                    yield Piece(text, waiting)
+                    waiting = []
+        finally:
+            self.cancel()
+
+
+def start_choices(model: ServedModel, specs: list[ChoiceSpec]) -> list[ChoiceRun]:
+    """Queues every choice, or none: a full queue is a 429 before any output."""
+    runs: list[ChoiceRun] = []
+    try:
+        for spec in specs:
+            runs.append(ChoiceRun(model, spec))
+    except EngineOverloaded as error:
+        for run in runs:
+            run.cancel()
+        raise RateLimited(str(error), error.retry_after_s) from error
+    return runs
+
+
+async def merge_choices(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
+    """Interleaves several choices' pieces as they come, tagged with the choice index."""
+    if len(streams) == 1:
+        async for piece in streams[0]:
+            yield 0, piece
+        return
+    queue: asyncio.Queue[tuple[int, Piece | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[Piece]) -> None:
+        try:
+            async for piece in stream:
+                await queue.put((index, piece))
+            await queue.put((index, None))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            await queue.put((index, error))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

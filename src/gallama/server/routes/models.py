@@ -1,0 +1,68 @@
+"""GET /v1/models, /v1/models/{id}, /health, and /tokenize, /detokenize as llama-server has them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from gallama.protocol.errors import InvalidRequest
+from gallama.protocol.requests import StrictModel
+from gallama.router.served_model import ServedModel
+
+router = APIRouter()
+
+
+def model_card(model: ServedModel) -> dict:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "gallama",
+        "context_length": model.engine.context_length,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [model_card(m) for m in request.app.state.registry.all()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request):
+    return model_card(request.app.state.registry.get(model_id))
+
+
+@router.get("/health")
+async def health(request: Request):
+    return {
+        "status": "ok",
+        "models": [
+            {"id": m.name, "running": m.engine.running_sequences, "queued": m.engine.queue_depth}
+            for m in request.app.state.registry.all()
+        ],
+    }
+
+
+class TokenizeRequest(StrictModel):
+    model: str
+    content: str
+    add_special: bool = False
+
+
+class DetokenizeRequest(StrictModel):
+    model: str
+    tokens: list[int]
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request):
+    model: ServedModel = request.app.state.registry.get(body.model)
+    return {"tokens": model.engine.tokenize(body.content, add_special=body.add_special, parse_special=True)}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    model: ServedModel = request.app.state.registry.get(body.model)
+    if any(not 0 <= t < model.engine.vocab_size for t in body.tokens):
+        raise InvalidRequest(f"token ids must lie in [0, {model.engine.vocab_size})", param="tokens")
+    text = b"".join(model.engine.token_bytes(t) for t in body.tokens).decode("utf-8", errors="replace")
+    return {"content": text}

@@ -1,0 +1,44 @@
+"""Server-sent events in OpenAI's framing: `data: {json}` lines, then `data: [DONE]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi.responses import StreamingResponse
+
+from gallama.protocol.errors import APIError
+from gallama.server.choices import ChoiceRun
+
+log = logging.getLogger(__name__)
+
+
+def _event(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield _event(chunk)
+    except APIError as error:
+        # Headers are already sent; the error travels as an event, as OpenAI does.
+        yield _event(error.body())
+    except Exception as error:  # an engine failure mid-stream still ends the stream cleanly
+        log.exception("stream failed")
+        yield _event({"error": {"message": f"generation failed: {error}", "type": "server_error", "param": None, "code": None}})
+    finally:
+        # Also reached when the client disconnects and the response task is cancelled.
+        for run in runs:
+            run.cancel()
+    yield _event("[DONE]")
+
+
+def sse_response(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) -> StreamingResponse:
+    return StreamingResponse(
+        _frames(chunks, runs),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

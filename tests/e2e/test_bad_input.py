@@ -1,0 +1,87 @@
+"""Every client mistake is an OpenAI error object with the right status, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import DEFAULT_MODEL
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def assert_error(response, status: int, code: str | None = None, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+def test_malformed_json(http):
+    response = http.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    "patch, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": "hello"}, "messages"),
+        ({"n": 0}, "n"),
+        ({"n": 1000}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": "ten"}, "max_tokens"),
+        ({"temperature": 5}, "temperature"),
+        ({"top_logprobs": 3}, None),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"stream_options": {"include_usage": True}}, None),
+    ],
+)
+def test_invalid_values_are_400(http, patch, param):
+    body = {"model": DEFAULT_MODEL, "messages": MESSAGES, **patch}
+    assert_error(http.post("/v1/chat/completions", json=body), 400, param=param)
+
+
+@pytest.mark.parametrize("name", ["tools", "response_format", "made_up_parameter"])
+def test_unsupported_parameter_named(http, name):
+    body = {"model": DEFAULT_MODEL, "messages": MESSAGES, name: {"type": "json_object"}}
+    error = assert_error(http.post("/v1/chat/completions", json=body), 400)
+    assert name in error["message"]
+
+
+def test_missing_model(http):
+    assert_error(http.post("/v1/chat/completions", json={"messages": MESSAGES}), 400, param="model")
+
+
+def test_unknown_model(http):
+    body = {"model": "gpt-9", "messages": MESSAGES}
+    assert_error(http.post("/v1/chat/completions", json=body), 404, code="model_not_found")
+
+
+def test_context_length_exceeded(http):
+    long_text = "word " * 5000
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": long_text}]}
+    assert_error(http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded")
+    body = {"model": DEFAULT_MODEL, "messages": MESSAGES, "max_tokens": 100000}
+    assert_error(http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded")
+
+
+def test_logit_bias_outside_vocabulary(http):
+    body = {"model": DEFAULT_MODEL, "messages": MESSAGES, "logit_bias": {"99999999": 5}}
+    assert_error(http.post("/v1/chat/completions", json=body), 400, param="logit_bias")
+
+
+def test_completion_errors(http):
+    assert_error(http.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": []}), 400)
+    assert_error(http.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": ""}), 400, param="prompt")
+    assert_error(http.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": [10**9]}), 400, param="prompt")
+    assert_error(http.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": "x", "suffix": "y"}), 400)
+
+
+def test_unknown_route_and_method(http):
+    assert_error(http.get("/v1/nothing"), 404)
+    assert_error(http.get("/v1/chat/completions"), 405)

@@ -1,0 +1,82 @@
+"""Legacy /v1/completions, /v1/models and /tokenize through the openai client."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import DEFAULT_MODEL
+
+PROMPT = "The capital of France is"
+
+
+def test_models_list_and_retrieve(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [DEFAULT_MODEL]
+    card = client.models.retrieve(DEFAULT_MODEL)
+    assert card.id == DEFAULT_MODEL and card.object == "model"
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert caught.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_completion_basic(client):
+    response = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert response.object == "text_completion"
+    assert response.choices[0].text
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= 8
+
+
+def test_completion_echo_and_list_prompt(client):
+    response = client.completions.create(
+        model=DEFAULT_MODEL, prompt=[PROMPT, "One, two, three,"], max_tokens=4, temperature=0, echo=True
+    )
+    assert [c.index for c in response.choices] == [0, 1]
+    assert response.choices[0].text.startswith(PROMPT)
+    assert response.choices[1].text.startswith("One, two, three,")
+
+
+def test_completion_token_prompt_matches_text_prompt(client, http):
+    tokens = http.post("/tokenize", json={"model": DEFAULT_MODEL, "content": PROMPT}).json()["tokens"]
+    by_text = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=8, temperature=0)
+    by_tokens = client.completions.create(model=DEFAULT_MODEL, prompt=tokens, max_tokens=8, temperature=0)
+    assert by_text.choices[0].text == by_tokens.choices[0].text
+    detok = http.post("/detokenize", json={"model": DEFAULT_MODEL, "tokens": tokens}).json()["content"]
+    assert detok == PROMPT
+
+
+def test_completion_logprobs(client):
+    response = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2)
+    logprobs = response.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 5
+    assert "".join(logprobs.tokens) == response.choices[0].text
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+
+
+def test_completion_streaming_matches(client):
+    expected = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=12, temperature=0)
+    chunks = list(
+        client.completions.create(
+            model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=12, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == expected.choices[0].text
+    assert chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
+
+
+def test_completion_stop(client):
+    full = client.completions.create(model=DEFAULT_MODEL, prompt="1, 2, 3,", max_tokens=12, temperature=0)
+    assert " 5" in full.choices[0].text, full.choices[0].text
+    cut = client.completions.create(model=DEFAULT_MODEL, prompt="1, 2, 3,", max_tokens=12, temperature=0, stop=" 5")
+    assert cut.choices[0].text == full.choices[0].text.split(" 5")[0]
+    assert cut.choices[0].finish_reason == "stop"

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from gallama.engines.base import SamplingParams
+from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
+
+
+def logits_of(values):
+    return np.array(values, dtype=np.float32)
+
+
+def test_greedy_picks_argmax():
+    sampler = SequenceSampler(SamplingParams(temperature=0), 4)
+    assert sampler.choose(logits_of([0.1, 3.0, 2.0, -1.0])) == 1
+
+
+def test_mask_excludes_tokens():
+    sampler = SequenceSampler(SamplingParams(temperature=0), 4)
+    allowed = np.array([True, False, True, False])
+    assert sampler.choose(sampler.adjusted_logits(logits_of([0.1, 3.0, 2.0, -1.0]), allowed)) == 2
+
+
+def test_logit_bias_moves_choice():
+    sampler = SequenceSampler(SamplingParams(temperature=0, logit_bias={3: 10.0}), 4)
+    assert sampler.choose(sampler.adjusted_logits(logits_of([0.1, 3.0, 2.0, -1.0]), None)) == 3
+
+
+def test_same_seed_same_draws_and_distribution():
+    logits = logits_of([1.0, 1.2, 0.8, 1.1])
+    draws_a = [SequenceSampler(SamplingParams(seed=5), 4).choose(logits) for _ in range(3)]
+    first = SequenceSampler(SamplingParams(seed=5), 4)
+    second = SequenceSampler(SamplingParams(seed=5), 4)
+    assert [first.choose(logits) for _ in range(50)] == [second.choose(logits) for _ in range(50)]
+    sampler = SequenceSampler(SamplingParams(seed=1), 4)
+    counts = np.bincount([sampler.choose(logits) for _ in range(4000)], minlength=4) / 4000
+    expected = np.exp(logits) / np.exp(logits).sum()
+    assert np.allclose(counts, expected, atol=0.03)
+    assert len(set(draws_a)) == 1
+
+
+def test_top_k_one_is_greedy():
+    sampler = SequenceSampler(SamplingParams(temperature=1.5, top_k=1, seed=0), 5)
+    assert all(sampler.choose(logits_of([0, 1, 5, 2, 3])) == 2 for _ in range(20))
+
+
+def test_top_p_keeps_the_nucleus():
+    # probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p=0.7 keeps the first two only
+    logits = np.log(logits_of([0.64, 0.24, 0.09, 0.03]))
+    sampler = SequenceSampler(SamplingParams(top_p=0.7, seed=0), 4)
+    assert {sampler.choose(logits) for _ in range(300)} == {0, 1}
+
+
+def test_min_p_drops_unlikely_tokens():
+    logits = np.log(logits_of([0.5, 0.3, 0.15, 0.05]))
+    sampler = SequenceSampler(SamplingParams(min_p=0.5, seed=0), 4)
+    assert {sampler.choose(logits) for _ in range(300)} == {0, 1}
+
+
+def test_penalties_apply_to_generated_tokens():
+    params = SamplingParams(temperature=0, frequency_penalty=2.0, presence_penalty=1.0)
+    sampler = SequenceSampler(params, 3)
+    logits = logits_of([2.0, 1.5, 0.0])
+    assert sampler.choose(sampler.adjusted_logits(logits, None)) == 0
+    sampler.accept(0)
+    # 2.0 - (1*2.0 + 1.0) = -1.0 < 1.5
+    assert sampler.choose(sampler.adjusted_logits(logits, None)) == 1
+
+
+def test_repetition_penalty_divides_positive_logits():
+    sampler = SequenceSampler(SamplingParams(temperature=0, repetition_penalty=2.0), 2)
+    sampler.accept(0)
+    adjusted = sampler.adjusted_logits(logits_of([3.0, 2.0]), None)
+    assert adjusted[0] == pytest.approx(1.5)
+
+
+def test_log_softmax_and_top_logprobs():
+    logprobs = log_softmax(logits_of([1.0, 2.0, 3.0]))
+    assert np.exp(logprobs).sum() == pytest.approx(1.0)
+    top = top_logprobs(logprobs, 2)
+    assert [t for t, _ in top] == [2, 1]
+    assert top_logprobs(logprobs, 0) == []
