@@ -23,10 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import peers  # noqa: E402
+from bench import common, peers  # noqa: E402
 from bench.bfcl_checker import check, inspect_call, is_irrelevance, to_openai_tools  # noqa: E402
 
 DEFAULT_DATA = peers.REPO.parent / "shared" / "data" / "bfcl-dev"
+TITLE = "Function calling: BFCL accuracy (bench/bfcl.py)"
 CATEGORY_ORDER = [
     "simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
     "irrelevance", "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = load(args.data, categories, args.limit)
     present = [c for c in CATEGORY_ORDER if any(q.category == c for q in questions)]
     present += sorted({q.category for q in questions} - set(present))
-    gguf = args.gguf or (peers.default_gguf() if (args.start_gallama or args.with_llama_server or not args.model) else "")
+    gguf = args.gguf or common.default_model_path()
     print(f"{len(questions)} questions in {len(present)} categories from {args.data}", file=sys.stderr)
 
     results: dict[str, dict[str, dict]] = {}
@@ -197,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         args.save.write_text(json.dumps(details, indent=1, ensure_ascii=False, default=str))
     if not args.no_docs:
         body = "\n".join([
-            "## Function calling (BFCL AST accuracy) — `bench/bfcl.py`",
-            "",
-            f"Latest run: {peers.today()}, gallama at `{peers.gallama_head()}`, model `{Path(gguf).name if gguf else args.model}`, "
+            f"Latest run: {common.today()}, gallama at `{peers.gallama_head()}`, model `{Path(gguf).name}`, "
             f"data `{args.data.name}` ({len(questions)} questions, "
             f"{'first ' + str(args.limit) + ' per category' if args.limit else 'all'}), max_tokens {args.max_tokens}.",
             "",
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             failures or "- none",
         ])
-        peers.write_section("bfcl", body)
+        common.write_section(TITLE, body)
     return 0
 
 

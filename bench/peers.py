@@ -1,25 +1,23 @@
-"""Servers under test for the accuracy benchmarks (bfcl.py, schema_coverage.py):
-an already running OpenAI-compatible URL, a gallama started here, or llama.cpp's
-llama-server started here on the same GGUF; plus the docs/benchmarks.md writer."""
+"""Servers under test for the accuracy benchmarks (bfcl.py, schema_coverage.py), over
+bench/common.py's servers: an already running OpenAI-compatible URL, a gallama started
+here, or llama.cpp's llama-server started here (with --jinja) on the same GGUF; plus the
+options, the request loop and the report helpers both benchmarks share."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import os
-import re
 import shlex
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
+from bench import common
+
+REPO = common.REPO_ROOT
+SERVED_NAME = "bench"  # the model name bench/common.py's servers serve under
 
 
 @dataclass
@@ -29,70 +27,26 @@ class Target:
     model: str
 
 
-def default_gguf() -> str:
-    from gallama import bundled_models
-
-    return str(bundled_models.locate(bundled_models.DEFAULT_CHAT_MODEL))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(process: subprocess.Popen, url: str, log_path: str, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{Path(log_path).read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready after {timeout_s}s:\n{Path(log_path).read_text()[-3000:]}")
-
-
 @contextlib.contextmanager
-def _process(command: list[str], health_path: str, port: int, label: str, model: str,
-             timeout_s: float = 180.0) -> Iterator[Target]:
-    log = tempfile.NamedTemporaryFile("w", prefix=f"bench-{label}-", suffix=".log", delete=False)
-    print(f"[{label}] starting: {shlex.join(command)} (log: {log.name})", file=sys.stderr)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+def serving(server: common.Server) -> Iterator[Target]:
+    print(f"[{server.name}] starting: {shlex.join(server.command)}", file=sys.stderr)
+    server.start()
     try:
-        _wait_ready(process, f"http://127.0.0.1:{port}{health_path}", log.name, timeout_s)
-        yield Target(label, f"http://127.0.0.1:{port}/v1", model)
+        yield Target(server.name, server.base_url + "/v1", SERVED_NAME)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        server.stop()
 
 
-def start_gallama(gguf: str, threads: int, context: int, extra: list[str] = ()) -> contextlib.AbstractContextManager[Target]:
+def gallama(gguf: str, threads: int, context: int) -> common.Server:
     """gallama with one sequence of `context` tokens, like llama-server -np 1 -c context."""
-    port = _free_port()
-    model = Path(gguf).stem
-    command = [sys.executable, "-m", "gallama", "serve", "--model", gguf, "--port", str(port),
-               "--threads", str(threads), "--max-sequences", "1", "--cache-size", str(context), *extra]
-    return _process(command, "/health", port, "gallama", model)
+    return common.gallama_server(gguf, threads, 1, "--cache-size", str(context))
 
 
-def start_llama_server(binary: str, gguf: str, threads: int, context: int) -> contextlib.AbstractContextManager[Target]:
-    """llama.cpp's server with --jinja (its tool-call support) and --no-repack (repack
-    buffers segfault on this CPU)."""
-    port = _free_port()
-    model = Path(gguf).stem
-    command = [binary, "-m", gguf, "--jinja", "--no-repack", "--host", "127.0.0.1", "--port", str(port),
-               "-t", str(threads), "-c", str(context), "-np", "1", "--alias", model]
-    return _process(command, "/health", port, "llama-server", model)
+def llama_server(binary: str, gguf: str, threads: int, context: int) -> common.Server:
+    """llama.cpp's server with --jinja, its tool-calling and chat-template mode."""
+    server = common.llama_server(binary, gguf, threads, 1, context)
+    server.command.append("--jinja")
+    return server
 
 
 def error_kind(exc: Exception) -> tuple[str, str]:
@@ -113,23 +67,10 @@ def error_kind(exc: Exception) -> tuple[str, str]:
 
 
 def command_line() -> str:
-    argv = [os.path.relpath(sys.argv[0], REPO) if sys.argv[0].endswith(".py") else sys.argv[0], *sys.argv[1:]]
-    return "python " + shlex.join(argv)
-
-
-def write_section(key: str, body: str) -> None:
-    """Replace (or append) the section between `<!-- bench:key -->` markers in docs/benchmarks.md."""
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-
-
-def today() -> str:
-    return dt.date.today().isoformat()
+    script = sys.argv[0]
+    if script.endswith(".py"):
+        script = str(Path(script).resolve().relative_to(REPO)) if Path(script).resolve().is_relative_to(REPO) else script
+    return "python " + shlex.join([script, *sys.argv[1:]])
 
 
 def gallama_head() -> str:
@@ -144,7 +85,7 @@ def add_arguments(parser, data_default: Path, data_help: str, max_tokens: int) -
     """The options both accuracy benchmarks share: data, servers, limits, output."""
     parser.add_argument("--data", type=Path, default=data_default, help=f"{data_help} (default: %(default)s)")
     parser.add_argument("--base-url", help="an OpenAI-compatible server to measure, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--model", help="model name for --base-url (default: the GGUF's stem)")
+    parser.add_argument("--model", default=SERVED_NAME, help="model name for --base-url (default: %(default)s)")
     parser.add_argument("--label", default="server", help="name of the --base-url server in the report")
     parser.add_argument("--start-gallama", action="store_true", help="start gallama on --gguf and measure it")
     parser.add_argument("--with-llama-server", metavar="PATH",
@@ -166,11 +107,11 @@ def plans(args, gguf: str) -> list[tuple[str, contextlib.AbstractContextManager[
     them one at a time, since they would share the same cores."""
     out: list[tuple[str, contextlib.AbstractContextManager[Target]]] = []
     if args.base_url:
-        out.append((args.label, contextlib.nullcontext(Target(args.label, args.base_url, args.model or Path(gguf).stem))))
+        out.append((args.label, contextlib.nullcontext(Target(args.label, args.base_url, args.model or SERVED_NAME))))
     if args.start_gallama:
-        out.append(("gallama", start_gallama(gguf, args.threads, args.context)))
+        out.append(("gallama", serving(gallama(gguf, args.threads, args.context))))
     if args.with_llama_server:
-        out.append(("llama-server", start_llama_server(args.with_llama_server, gguf, args.threads, args.context)))
+        out.append(("llama-server", serving(llama_server(args.with_llama_server, gguf, args.threads, args.context))))
     return out
 
 

@@ -31,9 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import peers  # noqa: E402
+from bench import common, peers  # noqa: E402
 
 DEFAULT_DATA = peers.REPO.parent / "shared" / "data" / "jsonschemabench-dev" / "schemas"
+TITLE = "Structured output: JSON-schema coverage (bench/schema_coverage.py)"
 
 
 @dataclass
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="put the schema in the prompt when its compact JSON is at most this long")
     args = parser.parse_args(argv)
 
-    gguf = args.gguf or peers.default_gguf()
+    gguf = args.gguf or common.default_model_path()
     tokenizer = llguidance_tokenizer(gguf)
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     schemas = load(args.data, categories, args.limit, tokenizer)
@@ -309,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "results": saved}, indent=1, ensure_ascii=False))
     if not args.no_docs:
         body = "\n".join([
-            "## Structured output: JSON-schema coverage — `bench/schema_coverage.py`",
-            "",
-            f"Latest run: {peers.today()}, gallama at `{peers.gallama_head()}`, model `{Path(gguf).name}`, "
+            f"Latest run: {common.today()}, gallama at `{peers.gallama_head()}`, model `{Path(gguf).name}`, "
             f"schemas `{args.data}` ({len(schemas)} schemas, "
             f"{'first ' + str(args.limit) + ' per category' if args.limit else 'all'}), max_tokens {args.max_tokens}. "
             "\"valid\" counts the outputs that finished with `stop` and that `jsonschema` (with format checks) "
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "\n".join(problems) or "(no server measured)",
             "```",
         ])
-        peers.write_section("schema_coverage", body)
+        common.write_section(TITLE, body)
     return 0
 
 

@@ -40,6 +40,7 @@ def start_server(tmp_dir, *args: str, timeout_s: float = 120.0) -> RunningServer
         [sys.executable, "-m", "gallama", "serve", "--port", str(port), *args],
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "GALLAMA_HOME": os.path.join(tmp_dir, "gallama-home")},  # model_config.yaml stays in tmp
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s

@@ -1,24 +1,27 @@
-"""The `gallama` command."""
+"""The `gallama` command: serve, list, download (and the hidden per-model worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 import uvicorn
+from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from gallama.bundled_models import DEFAULT_CHAT_MODEL, BundledModelMissing, locate
-from gallama.engines.llama_cpp_engine import KV_CACHE_TYPES, LlamaCppEngine
-from gallama.router.registry import ModelRegistry
-from gallama.router.served_model import ServedModel
-from gallama.server.app import create_app
+from gallama.bundled_models import DEFAULT_CHAT_MODEL
+from gallama.config import (
+    VALID_KEYS, ModelSpec, SpecError, ensure_config, load_config, parse_spec_string, resolve,
+)
+from gallama.protocol.errors import APIError
 
 app = typer.Typer(help="gallama: an OpenAI-compatible local LLM server for agentic work.", no_args_is_help=True)
 log = logging.getLogger("gallama")
+console = Console(stderr=True)
 
 
 @app.callback()
@@ -26,60 +29,137 @@ def main() -> None:
     """gallama: an OpenAI-compatible local LLM server for agentic work."""
 
 
-def load_model(
-    model_path: Path, name: str, *, cache_size: int | None, max_sequences: int, threads: int | None,
-    cache_quant: str | None, chat_template: Path | None, unified_kv: bool = False,
-) -> ServedModel:
-    started = time.perf_counter()
-    engine = LlamaCppEngine(
-        str(model_path), cache_size=cache_size, max_sequences=max_sequences, n_threads=threads, cache_quant=cache_quant,
-        unified_kv=unified_kv,
-    )
-    template = chat_template.read_text() if chat_template else None
-    served = ServedModel.from_engine(name, engine, template_override=template)
-    stats = engine.load_stats
-    log.info(
-        "loaded %s from %s on CPU: %.0f MB of weights, %d-token KV cache, %d parallel sequences of up to %d tokens, %.1fs",
-        name, model_path, stats["size_bytes"] / 1e6, engine.cache_size, max_sequences, engine.context_length,
-        time.perf_counter() - started,
-    )
-    return served
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request otherwise
+
+
+def _cli_specs(model: Path | None, model_name: str | None, ids: list[str]) -> list[ModelSpec]:
+    specs = [parse_spec_string(text) for text in ids]
+    if model is not None:
+        specs.insert(0, ModelSpec(model_id=str(model), model_name=model_name))
+    elif not specs:
+        specs.append(ModelSpec(model_id=DEFAULT_CHAT_MODEL.name, model_name=model_name))
+    return specs
+
+
+async def _serve(specs: list[ModelSpec], defaults: dict[str, Any], host: str, port: int, log_level: str) -> int:
+    from gallama.router.front import create_front, group_specs
+    from gallama.router.pool import ModelPool
+
+    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning")
+    groups = group_specs(specs)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("loading {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            loads = []
+            for name, group in groups.items():
+                task = progress.add_task(name, total=len(group))
+                loads.append(pool.add(name, group, on_ready=lambda task=task: progress.advance(task)))
+            await asyncio.gather(*loads)
+    except APIError as error:
+        log.error(error.message)
+        await pool.close()
+        return 1
+    server = uvicorn.Server(uvicorn.Config(create_front(pool, defaults), host=host, port=port,
+                                           log_level=log_level.lower(), access_log=False))
+    try:
+        await server.serve()
+    finally:
+        await pool.close()
+    return 0
 
 
 @app.command()
 def serve(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file; default: the bundled SmolLM2-135M-Instruct.")] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="The name clients use; default: the file's stem.")] = None,
+    ids: Annotated[list[str], typer.Option("--id", "-id", help=f"A model spec 'key=value ...' (repeatable); keys: {', '.join(VALID_KEYS)}.")] = [],  # noqa: B006 (typer reads it)
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file; default (no -id): the bundled SmolLM2-135M-Instruct.")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="The name clients use for --model; default: the file's stem.")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for decoding; default: all cores.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per model instance; default: all cores.")] = None,
     cache_size: Annotated[Optional[int], typer.Option(help="KV cache tokens in all; each parallel sequence gets an equal share unless --unified-kv.")] = None,
-    unified_kv: Annotated[bool, typer.Option(help="One KV pool for all sequences: longer contexts, but greedy output may vary with the batch.")] = False,
-    max_sequences: Annotated[int, typer.Option(help="Sequences decoded together in one batch.")] = 8,
-    cache_quant: Annotated[Optional[str], typer.Option(help=f"KV cache type: {', '.join(KV_CACHE_TYPES)}.")] = None,
+    unified_kv: Annotated[Optional[bool], typer.Option("--unified-kv", help="One KV pool for all sequences: longer contexts, but greedy output may vary with the batch.")] = None,
+    max_sequences: Annotated[Optional[int], typer.Option(help="Sequences decoded together in one batch (default 8).")] = None,
+    cache_quant: Annotated[Optional[str], typer.Option(help="KV cache type: FP16, Q8, Q6, Q4.")] = None,
     chat_template: Annotated[Optional[Path], typer.Option(help="A Jinja chat template file to use instead of the model's.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Serve models over an OpenAI-compatible HTTP API."""
-    logging.basicConfig(level=log_level.upper(), format="%(message)s", handlers=[RichHandler(show_path=False)])
-    if cache_quant is not None and cache_quant not in KV_CACHE_TYPES:
-        raise typer.BadParameter(f"choose one of {', '.join(KV_CACHE_TYPES)}", param_hint="--cache-quant")
-    if model is None:
-        try:
-            model = locate(DEFAULT_CHAT_MODEL)
-        except BundledModelMissing as error:
-            raise typer.BadParameter(str(error), param_hint="--model") from error
-        model_name = model_name or DEFAULT_CHAT_MODEL.name
-    elif not model.is_file():
-        raise typer.BadParameter(f"no such file: {model}", param_hint="--model")
-    registry = ModelRegistry()
-    registry.add(
-        load_model(
-            model, model_name or model.stem, cache_size=cache_size, max_sequences=max_sequences, threads=threads,
-            cache_quant=cache_quant, chat_template=chat_template, unified_kv=unified_kv,
-        )
-    )
+    """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
+
+    The flags are defaults for every model; a spec's own keys, then its model_config.yaml entry, win over them.
+    """
+    _setup_logging(log_level)
+    flags = {"threads": threads, "cache_size": cache_size, "unified_kv": unified_kv, "max_sequences": max_sequences,
+             "cache_quant": cache_quant, "chat_template": str(chat_template) if chat_template else None}
+    defaults = {key: value for key, value in flags.items() if value is not None}
     try:
-        uvicorn.run(create_app(registry), host=host, port=port, log_level=log_level.lower(), access_log=False)
-    finally:
-        registry.close()
+        ensure_config()
+        config = load_config()
+        specs = [resolve(spec, config, defaults) for spec in _cli_specs(model, model_name, ids)]
+    except SpecError as error:
+        raise typer.BadParameter(str(error), param_hint="-id/--model") from None
+    raise typer.Exit(asyncio.run(_serve(specs, defaults, host, port, log_level)))
+
+
+@app.command("worker", hidden=True)
+def worker(
+    spec_json: str,
+    log_level: Annotated[str, typer.Option()] = "warning",
+) -> None:
+    """One model instance (started by `serve`; not for direct use)."""
+    from gallama.router.worker import run_worker
+
+    _setup_logging(log_level)
+    raise typer.Exit(run_worker(spec_json, log_level))
+
+
+@app.command("list")
+def list_models(
+    url: Annotated[str, typer.Option(help="A running gallama server to ask which models it serves.")] = "http://127.0.0.1:8000",
+) -> None:
+    """The models in model_config.yaml, and the models a running server has loaded."""
+    import httpx
+    from rich.table import Table
+
+    out = Console()
+    try:
+        config = load_config()
+    except SpecError as error:
+        raise typer.BadParameter(str(error)) from None
+    table = Table(title=f"configured in {ensure_config()}")
+    for column in ("name", "model_id", "settings"):
+        table.add_column(column)
+    for name, spec in config.items():
+        settings = spec.model_dump(exclude_none=True, exclude={"model_id"})
+        table.add_row(name, spec.model_id, " ".join(f"{k}={v}" for k, v in settings.items()))
+    out.print(table)
+    try:
+        served = httpx.get(f"{url}/v1/models", timeout=5).json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError) as error:
+        out.print(f"no gallama server answers at {url} ({type(error).__name__})")
+        return
+    loaded = Table(title=f"loaded at {url}")
+    for column in ("name", "instances", "status", "context"):
+        loaded.add_column(column)
+    for card in served:
+        loaded.add_row(card["id"], str(card.get("instances", 1)), card.get("status", "ready"), str(card.get("context_length", "")))
+    out.print(loaded)
+
+
+@app.command()
+def download(
+    repo: Annotated[str, typer.Argument(help="A Hugging Face model repository, e.g. bartowski/Qwen2.5-0.5B-Instruct-GGUF.")],
+    file: Annotated[Optional[str], typer.Option(help="One file of the repository (e.g. a single GGUF quant); default: all of it.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="The model name for model_config.yaml; default: the repository's last part.")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="A branch, tag or commit.")] = None,
+) -> None:
+    """Fetch a model with huggingface_hub (progress in the terminal) and add its model_config.yaml entry."""
+    from gallama.download import download_model
+
+    _setup_logging("info")
+    try:
+        entry_name, path, config_file = download_model(repo, file=file, name=name, revision=revision)
+    except SpecError as error:
+        raise typer.BadParameter(str(error)) from None
+    console.print(f"downloaded {repo} to {path}; serve it with: gallama serve -id \"model_id={entry_name}\" ({config_file})")

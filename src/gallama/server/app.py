@@ -36,9 +36,8 @@ def _validation_message(error: dict) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {error.get('msg')}", param
 
 
-def create_app(registry: ModelRegistry) -> FastAPI:
-    app = FastAPI(title="gallama", version=__version__)
-    app.state.registry = registry
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI error object; shared by the single-model app and the multi-model front."""
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, error: APIError):
@@ -62,6 +61,11 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         log.exception("unhandled error")
         return _error(500, f"internal error: {type(error).__name__}")
 
+
+def create_app(registry: ModelRegistry) -> FastAPI:
+    app = FastAPI(title="gallama", version=__version__)
+    app.state.registry = registry
+    install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(models.router)

@@ -1,0 +1,271 @@
+"""Model specs: the `-id "k=v ..."` strings, `model_config.yaml`, and resolving a spec to a loadable file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gallama.bundled_models import DEFAULT_CHAT_MODEL, BundledModelMissing, locate
+
+CONFIG_FILE = "model_config.yaml"
+DEFAULT_MAX_SEQUENCES = 8
+CacheQuant = Literal["FP16", "Q8", "Q6", "Q4"]
+Backend = Literal["llama_cpp", "embedding", "exllama", "transformers"]
+# Backends named in the spec format that this gallama has no engine for: the package they would need.
+UNSUPPORTED_BACKENDS = {"exllama": "exllamav2", "transformers": "transformers"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be parsed or resolved; the message says why, for a CLI error or a 400."""
+
+
+def _gpu_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part for part in value.split(",") if part.strip()]
+    return value
+
+
+class ModelSpec(BaseModel):
+    """One model instance, in the keys of `-id`, `model_config.yaml` and `POST /add_model`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str = Field(min_length=1)
+    model_name: str | None = Field(default=None, min_length=1)
+    model_type: Literal["llm", "embedding"] | None = None
+    backend: Backend | None = None
+    gpus: list[float] | None = None
+    cache_size: int | None = Field(default=None, gt=0)
+    cache_quant: CacheQuant | None = None
+    max_seq_len: int | None = Field(default=None, gt=0)
+    max_sequences: int | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+    unified_kv: bool | None = None
+    chat_template: str | None = None
+    draft_model_id: str | None = None
+    draft_model_name: str | None = None
+    draft_gpus: list[float] | None = None
+    draft_cache_size: int | None = Field(default=None, gt=0)
+    draft_cache_quant: CacheQuant | None = None
+
+    _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
+
+    @field_validator("gpus", "draft_gpus")
+    @classmethod
+    def _non_negative(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(gb < 0 for gb in value):
+            raise ValueError("GB of VRAM per GPU cannot be negative")
+        return value
+
+
+VALID_KEYS = tuple(ModelSpec.model_fields)
+
+
+def validation_message(error: ValidationError, where: str = "") -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "spec"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif item["type"] == "missing":
+            problems.append(f"'{key}' is required")
+        else:
+            problems.append(f"bad value for '{key}': {item['msg']}")
+    prefix = f"{where}: " if where else ""
+    return f"{prefix}{'; '.join(problems)} (valid keys: {', '.join(VALID_KEYS)})"
+
+
+def spec_from_dict(data: Any, where: str = "") -> ModelSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where + ': ' if where else ''}a model spec is a mapping of keys to values (valid keys: {', '.join(VALID_KEYS)})")
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(validation_message(error, where)) from None
+
+
+def parse_spec_string(text: str) -> ModelSpec:
+    """`"model_id=mistral gpus=20,0 cache_quant=Q8"` -> ModelSpec; values may be shell-quoted."""
+    fields: dict[str, str] = {}
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise SpecError(f"cannot split '{text}': {error}") from None
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise SpecError(f"'{word}' is not key=value (valid keys: {', '.join(VALID_KEYS)})")
+        fields[key] = value
+    return spec_from_dict(fields, where=f"-id '{text}'")
+
+
+# -- model_config.yaml ------------------------------------------------------
+
+DEFAULT_CONFIG_TEXT = f"""\
+# gallama model configuration. Each entry maps a model name to its spec, in the
+# same keys as `gallama serve -id "key=value ..."`:
+#   {", ".join(VALID_KEYS)}
+# Serve an entry with `gallama serve -id "model_id=NAME"`; keys given there override it.
+#
+# {DEFAULT_CHAT_MODEL.name}:
+#   model_id: {DEFAULT_CHAT_MODEL.name}   # the bundled default; or a GGUF file, or a model folder
+#   cache_size: 32768                 # KV cache tokens in all, shared by the parallel sequences
+#   max_sequences: 8                  # requests decoded together in one batch
+#   cache_quant: FP16                 # FP16, Q8, Q6 (as Q8), Q4
+#   threads: 2                        # CPU threads
+"""
+
+
+def gallama_home() -> Path:
+    return Path(os.environ.get("GALLAMA_HOME") or Path.home() / ".gallama")
+
+
+def config_path() -> Path:
+    return gallama_home() / CONFIG_FILE
+
+
+def ensure_config() -> Path:
+    """Creates the config file with a commented example on first use."""
+    path = config_path()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEFAULT_CONFIG_TEXT)
+    return path
+
+
+def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
+    path = path or config_path()
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must map model names to specs")
+    return {str(name): spec_from_dict(entry, where=f"{path}: {name}") for name, entry in data.items()}
+
+
+def add_config_entry(name: str, spec: ModelSpec, path: Path | None = None) -> Path:
+    """Appends an entry, keeping the comments already in the file."""
+    path = path or ensure_config()
+    if name in load_config(path):
+        raise SpecError(f"{path} already has an entry named '{name}'")
+    entry = yaml.safe_dump({name: spec.model_dump(exclude_none=True)}, sort_keys=False)
+    text = path.read_text()
+    path.write_text(text + ("" if text.endswith("\n") or not text else "\n") + entry)
+    return path
+
+
+# -- resolution -------------------------------------------------------------
+
+
+def _gguf_in_folder(folder: Path) -> Path | None:
+    files = sorted(p for p in folder.glob("*.gguf") if not p.name.startswith("mmproj"))
+    # Split models load from their first shard; llama.cpp finds the others.
+    files = [p for p in files if "-of-" not in p.stem or "-00001-of-" in p.stem]
+    if len(files) > 1:
+        raise SpecError(f"{folder} holds several GGUF files ({', '.join(p.name for p in files)}); give one of them as model_id")
+    return files[0] if files else None
+
+
+def _is_sentence_transformers(folder: Path) -> bool:
+    return (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file()
+
+
+def _locate(model_id: str) -> tuple[Path, str | None, str]:
+    """model_id -> (path, backend it implies or None, default model name)."""
+    if model_id.lower() == DEFAULT_CHAT_MODEL.name.lower():
+        try:
+            return locate(DEFAULT_CHAT_MODEL), "llama_cpp", DEFAULT_CHAT_MODEL.name
+        except BundledModelMissing as error:
+            raise SpecError(str(error)) from None
+    path = Path(model_id).expanduser()
+    name = path.stem if path.suffix == ".gguf" else path.name
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise SpecError(f"{path} is not a GGUF file (the llama_cpp backend loads .gguf files)")
+        return path.resolve(), "llama_cpp", name
+    if path.is_dir():
+        if _is_sentence_transformers(path):
+            return path.resolve(), "embedding", name
+        gguf = _gguf_in_folder(path)
+        if gguf is None:
+            raise SpecError(f"{path} holds no GGUF file and no sentence-transformers model")
+        return gguf.resolve(), "llama_cpp", name
+    raise SpecError(
+        f"model_id '{model_id}' is not a name in {config_path()}, a GGUF file, a model folder, "
+        f"or the bundled {DEFAULT_CHAT_MODEL.name}"
+    )
+
+
+def _check_backend(spec: ModelSpec) -> None:
+    if spec.backend == "embedding" and importlib.util.find_spec("gallama.router.served_embedding_model") is None:
+        raise SpecError("the embedding backend is not installed in this gallama (needed by model_type=embedding)")
+    if spec.backend in UNSUPPORTED_BACKENDS:
+        raise SpecError(
+            f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
+            f"(it would need the package '{UNSUPPORTED_BACKENDS[spec.backend]}'); use a GGUF file with backend=llama_cpp"
+        )
+    drafts = [key for key in VALID_KEYS if key.startswith("draft_") and getattr(spec, key) is not None]
+    if drafts:
+        raise SpecError(f"speculative decoding ({', '.join(drafts)}) is not supported by the {spec.backend} backend yet")
+    if spec.gpus and any(spec.gpus) and spec.backend == "llama_cpp":
+        import llama_cpp  # only needed for this check
+
+        if not llama_cpp.llama_supports_gpu_offload():
+            raise SpecError("this llama.cpp build runs on CPU only: leave out 'gpus' or give 0")
+        if sum(1 for gb in spec.gpus if gb) > 1:
+            raise SpecError("splitting one model over several GPUs is not supported yet: give one non-zero entry in 'gpus'")
+
+
+def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None) -> ModelSpec:
+    """A spec with model_id an absolute path and model_name, backend, model_type and max_sequences filled in.
+
+    Precedence: the spec's own keys, then the config entry its model_id names, then `defaults` (CLI flags).
+    """
+    given = spec.model_dump(exclude_unset=True, exclude_none=True)
+    merged: dict[str, Any] = dict(defaults or {})
+    default_name = None
+    if spec.model_id in config:
+        default_name = spec.model_id
+        merged.update(config[spec.model_id].model_dump(exclude_unset=True, exclude_none=True))
+        given.pop("model_id")
+    merged.update(given)
+    path, implied_backend, located_name = _locate(merged["model_id"])
+    merged["model_id"] = str(path)
+    merged.setdefault("model_name", default_name or located_name)
+    if merged.get("model_type") == "embedding":
+        merged.setdefault("backend", "embedding")
+    merged.setdefault("backend", implied_backend)
+    merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
+    merged.setdefault("max_sequences", DEFAULT_MAX_SEQUENCES)
+    if merged.get("chat_template"):
+        template = Path(merged["chat_template"]).expanduser()
+        if not template.is_file():
+            raise SpecError(f"chat_template: no such file: {template}")
+        merged["chat_template"] = str(template.resolve())
+    resolved = spec_from_dict(merged, where=merged["model_name"])
+    _check_backend(resolved)
+    if resolved.backend == "llama_cpp" and resolved.model_type == "embedding":
+        raise SpecError("model_type=embedding needs backend=embedding")
+    return resolved.model_copy(update={"cache_size": kv_cache_tokens(resolved)})
+
+
+def kv_cache_tokens(spec: ModelSpec) -> int | None:
+    """cache_size, or max_seq_len times the sequences that each get that much; both must agree."""
+    if spec.max_seq_len is None:
+        return spec.cache_size
+    wanted = spec.max_seq_len * (1 if spec.unified_kv else spec.max_sequences or DEFAULT_MAX_SEQUENCES)
+    if spec.cache_size is not None and spec.cache_size != wanted:
+        raise SpecError(
+            f"cache_size={spec.cache_size} does not give max_seq_len={spec.max_seq_len} to each of "
+            f"{spec.max_sequences} sequences (that needs cache_size={wanted}); give one of the two"
+        )
+    return wanted

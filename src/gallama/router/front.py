@@ -1,0 +1,134 @@
+"""The front server: routes each request by its `model` to a worker, and adds and removes models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gallama import __version__
+from gallama.config import ModelSpec, SpecError, load_config, resolve, spec_from_dict
+from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound
+from gallama.protocol.requests import StrictModel
+from gallama.router.pool import ModelPool
+from gallama.router.proxy import forward
+from gallama.server.app import install_error_handlers
+
+ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def group_specs(specs: list[ModelSpec]) -> dict[str, list[ModelSpec]]:
+    """Resolved specs by model name: the same name given twice is two instances of it."""
+    groups: dict[str, list[ModelSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.model_name, []).append(spec)
+    return groups
+
+
+class RemoveModelRequest(StrictModel):
+    model: str
+
+
+def create_front(pool: ModelPool, spec_defaults: dict[str, Any] | None = None) -> FastAPI:
+    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=None))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await client.aclose()
+
+    app = FastAPI(title="gallama", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+
+    async def route(request: Request):
+        body = await request.body()
+        model = _model_of(body)
+        if model is None:
+            # No usable model field: any worker answers with the same validation error the model's own would.
+            ready = [g for g in pool.groups.values() if g.pick() is not None]
+            if not ready:
+                raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+            instance = ready[0].pick()
+        else:
+            instance = pool.route(model)
+        return await forward(client, instance, request, body)
+
+    for path in ROUTED_PATHS:
+        app.add_api_route(path, route, methods=["POST"], include_in_schema=False)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [group.card() for group in pool.groups.values()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        group = pool.groups.get(model_id)
+        if group is None:
+            raise ModelNotFound(model_id)
+        return group.card()
+
+    @app.get("/health")
+    async def health():
+        models = []
+        for group in pool.groups.values():
+            stats = await asyncio.gather(*(i.health(client) for i in group.instances))
+            models.append({
+                "id": group.name, "status": group.status,
+                "running": sum(s["running"] for s in stats), "queued": sum(s["queued"] for s in stats),
+                "instances": [i.describe() for i in group.instances],
+            })
+        return {"status": "ok", "models": models}
+
+    @app.post("/add_model")
+    async def add_model(request: Request):
+        try:
+            payload = json.loads(await request.body())
+        except ValueError as error:
+            raise InvalidRequest(f"The request body is not valid JSON: {error}") from None
+        items = payload if isinstance(payload, list) else [payload]
+        if not items:
+            raise InvalidRequest("Give one model spec or a list of them.")
+        try:
+            config = load_config()
+            specs = [resolve(spec_from_dict(item, where=f"model {n + 1}"), config, spec_defaults)
+                     for n, item in enumerate(items)]
+        except SpecError as error:
+            raise InvalidRequest(str(error), param="model_id", code="invalid_model_spec") from None
+        grouped = group_specs(specs)
+        outcomes = await asyncio.gather(*(pool.add(name, group) for name, group in grouped.items()), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, APIError)]
+        unexpected = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, APIError)]
+        if unexpected:
+            raise unexpected[0]
+        results = [
+            o.card() if not isinstance(o, APIError) else {"id": name, **o.body()}
+            for name, o in zip(grouped, outcomes)
+        ]
+        if not errors:
+            return {"object": "list", "data": results}
+        first = errors[0]
+        body = first.body()
+        if len(grouped) > 1:
+            body["error"]["message"] = f"{len(errors)} of {len(grouped)} models failed; first: {first.message}"
+        return JSONResponse(status_code=first.status_code, content={**body, "data": results} if len(grouped) > 1 else body)
+
+    @app.post("/remove_model")
+    async def remove_model(body: RemoveModelRequest):
+        await pool.remove(body.model)
+        return {"id": body.model, "object": "model", "deleted": True}
+
+    return app

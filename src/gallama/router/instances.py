@@ -1,0 +1,186 @@
+"""Worker processes as the front sees them: one per model instance, watched and restarted when they die."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from typing import Callable
+
+import httpx
+
+from gallama.config import ModelSpec
+
+log = logging.getLogger("gallama")
+
+RESTART_DELAYS_S = (0.0, 1.0, 4.0, 15.0)  # then the instance is marked failed
+STOP_GRACE_S = 10.0
+
+
+class WorkerFailed(RuntimeError):
+    """The worker could not load its model; the message is the worker's reason."""
+
+
+def _describe_load(instance: "WorkerInstance") -> str:
+    spec, facts = instance.spec, instance.facts
+    parts = [f"{facts['weights_bytes'] / 1e6:.0f} MB weights"] if "weights_bytes" in facts else []
+    if "cache_size" in facts:
+        parts.append(
+            f"{facts['cache_size']}-token KV cache ({spec.cache_quant or 'FP16'}), {spec.max_sequences} sequences "
+            f"of up to {facts['context_length']} tokens"
+        )
+    parts.append(f"{facts['rss_bytes'] / 1e6:.0f} MB resident")
+    threads = spec.threads or os.cpu_count()
+    where = f"CPU, {threads} thread{'s' if threads > 1 else ''}"
+    return (
+        f"loaded {spec.model_name} #{instance.index} from {spec.model_id} in worker pid {instance.pid} on "
+        f"127.0.0.1:{instance.port} ({where}): {', '.join(parts)}, {facts['load_s']:.1f}s"
+    )
+
+
+class WorkerInstance:
+    def __init__(self, spec: ModelSpec, index: int, log_level: str = "warning"):
+        self.spec = spec
+        self.index = index
+        self.log_level = log_level
+        self.status = "loading"  # loading, ready, restarting, failed, stopped
+        self.outstanding = 0  # requests routed here and not finished
+        self.requests = 0  # requests routed here in all: the tie-breaker that spreads sequential traffic
+        self.restarts = 0
+        self.port: int | None = None
+        self.facts: dict = {}
+        self.process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._watcher: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Spawns the worker and returns once its model serves; raises WorkerFailed with its reason."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gallama", "worker", self.spec.model_dump_json(), "--log-level", self.log_level,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        )
+        line = await self.process.stdout.readline()
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = {}
+        if "port" not in message:
+            code = await self.process.wait()
+            raise WorkerFailed(message.get("error") or f"the worker exited with code {code} while loading")
+        self.port, self.facts = message["port"], message
+        self.status = "ready"
+        log.info(_describe_load(self))
+        self._watcher = asyncio.create_task(self._watch(self.process))
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        async for line in process.stdout:  # keep the pipe drained; a worker prints nothing more on purpose
+            log.debug("worker %s: %s", process.pid, line.decode(errors="replace").rstrip())
+        code = await process.wait()
+        if self._stopping:
+            return
+        self.status = "restarting"
+        log.warning("worker pid %s for %s #%d exited with code %s; restarting it", process.pid, self.spec.model_name, self.index, code)
+        for delay in RESTART_DELAYS_S:
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self.start()
+            except WorkerFailed as error:
+                log.error("restarting %s #%d failed: %s", self.spec.model_name, self.index, error)
+                continue
+            self.restarts += 1
+            return
+        self.status = "failed"
+        log.error("gave up restarting %s #%d", self.spec.model_name, self.index)
+
+    async def health(self, client: httpx.AsyncClient) -> dict:
+        """The worker's running and queued sequences (zeros when it does not answer)."""
+        if self.status != "ready":
+            return {"running": 0, "queued": 0}
+        try:
+            model = (await client.get(f"{self.base_url}/health", timeout=2)).json()["models"][0]
+            return {"running": model["running"], "queued": model["queued"]}
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
+            return {"running": 0, "queued": 0}
+
+    def describe(self) -> dict:
+        return {
+            "index": self.index, "pid": self.pid, "port": self.port, "status": self.status,
+            "outstanding": self.outstanding, "requests": self.requests, "restarts": self.restarts,
+        }
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.status = "stopped"
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+class ModelGroup:
+    """The instances serving one model name; requests go to the ready one with the least outstanding work."""
+
+    def __init__(self, name: str, instances: list[WorkerInstance]):
+        self.name = name
+        self.instances = instances
+        self.created = int(time.time())
+        self.draining = False
+
+    def pick(self) -> WorkerInstance | None:
+        ready = [i for i in self.instances if i.status == "ready"]
+        return min(ready, key=lambda i: (i.outstanding, i.requests), default=None)
+
+    @property
+    def status(self) -> str:
+        if self.draining:
+            return "draining"
+        states = {i.status for i in self.instances}
+        for state in ("ready", "restarting", "loading"):
+            if state in states:
+                return state
+        return "failed"
+
+    @property
+    def outstanding(self) -> int:
+        return sum(i.outstanding for i in self.instances)
+
+    def card(self) -> dict:
+        facts = next((i.facts for i in self.instances if i.facts), {})
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "gallama"}
+        if "context_length" in facts:
+            card["context_length"] = facts["context_length"]
+        return {**card, "instances": len(self.instances), "status": self.status}
+
+    async def start(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        async def start_one(instance: WorkerInstance) -> None:
+            await instance.start()
+            on_ready()
+
+        results = await asyncio.gather(*(start_one(i) for i in self.instances), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(i.stop() for i in self.instances))

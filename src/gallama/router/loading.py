@@ -1,0 +1,43 @@
+"""Turning a resolved ModelSpec into a served model, inside a worker process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gallama.config import ModelSpec
+from gallama.engines.llama_cpp_engine import LlamaCppEngine
+from gallama.router.served_model import ServedModel
+
+
+def load_llama_cpp(spec: ModelSpec) -> ServedModel:
+    engine = LlamaCppEngine(
+        spec.model_id, cache_size=spec.cache_size, max_sequences=spec.max_sequences, n_threads=spec.threads,
+        cache_quant=spec.cache_quant, unified_kv=bool(spec.unified_kv), n_gpu_layers=999 if spec.gpus and any(spec.gpus) else 0,
+    )
+    template = Path(spec.chat_template).read_text() if spec.chat_template else None
+    return ServedModel.from_engine(spec.model_name, engine, template_override=template)
+
+
+def load_embedding(spec: ModelSpec):
+    # EMBEDDING BACKEND HOOK (issue 7); resolve() has already refused embedding specs when it is absent.
+    from gallama.router.served_embedding_model import load_embedding_model
+
+    return load_embedding_model(spec)
+
+
+def load_served(spec: ModelSpec):
+    if spec.backend == "embedding":
+        return load_embedding(spec)
+    return load_llama_cpp(spec)
+
+
+def memory_facts(served) -> dict[str, int]:
+    """What the front logs about a loaded instance: weights and KV sizes where the engine knows them."""
+    engine = getattr(served, "engine", None)
+    facts: dict[str, int] = {}
+    if engine is not None and hasattr(engine, "load_stats"):
+        facts["weights_bytes"] = engine.load_stats["size_bytes"]
+    for key in ("cache_size", "context_length"):
+        if hasattr(engine, key):
+            facts[key] = getattr(engine, key)
+    return facts

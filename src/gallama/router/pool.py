@@ -1,0 +1,78 @@
+"""The models the front serves: adding (load, then serve) and removing (drain, then unload) by name."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from gallama.config import ModelSpec
+from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound, ServiceUnavailable
+from gallama.router.instances import ModelGroup, WorkerFailed, WorkerInstance
+
+log = logging.getLogger("gallama")
+
+DRAIN_TIMEOUT_S = 600.0
+
+
+class ModelExists(APIError):
+    status_code = 409
+
+    def __init__(self, name: str):
+        super().__init__(f"A model named '{name}' is already served; remove it first or pick another model_name.",
+                         param="model_name", code="model_exists")
+
+
+class ModelPool:
+    def __init__(self, log_level: str = "warning"):
+        self.groups: dict[str, ModelGroup] = {}
+        self.log_level = log_level
+
+    def get(self, name: str) -> ModelGroup:
+        group = self.groups.get(name)
+        if group is None or group.draining:
+            raise ModelNotFound(name)
+        return group
+
+    def route(self, name: str):
+        """The instance to send a request for `name` to."""
+        group = self.get(name)
+        instance = group.pick()
+        if instance is None:
+            raise ServiceUnavailable(f"The model '{name}' is {group.status}; retry shortly.", param="model",
+                                     code="model_unavailable", headers={"Retry-After": "2"})
+        return instance
+
+    async def add(self, name: str, specs: list[ModelSpec], on_ready: Callable[[], None] = lambda: None) -> ModelGroup:
+        """Loads `specs` (resolved, one per instance) under `name`; the name serves once all of them do."""
+        if name in self.groups:
+            raise ModelExists(name)
+        if len({spec.model_dump_json(exclude={"threads"}) for spec in specs}) > 1:
+            raise InvalidRequest(f"the instances of '{name}' must be the same model with the same settings",
+                                 param="model_name")
+        group = ModelGroup(name, [WorkerInstance(spec, i + 1, self.log_level) for i, spec in enumerate(specs)])
+        self.groups[name] = group  # reserves the name; requests get a 503 until an instance serves
+        try:
+            await group.start(on_ready)
+        except WorkerFailed as error:
+            del self.groups[name]
+            raise InvalidRequest(f"cannot load '{name}': {error}", param="model_id", code="model_load_failed") from None
+        except BaseException:
+            del self.groups[name]
+            raise
+        return group
+
+    async def remove(self, name: str) -> None:
+        group = self.get(name)
+        group.draining = True  # new requests for it now get a 404
+        log.info("removing %s: waiting for %d requests in flight", name, group.outstanding)
+        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+        while group.outstanding and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await group.stop()
+        del self.groups[name]
+        log.info("removed %s", name)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(group.stop() for group in self.groups.values()))
+        self.groups.clear()

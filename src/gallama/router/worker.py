@@ -1,0 +1,67 @@
+"""The worker process: one model instance behind the single-model app, on a free localhost port.
+
+The front starts it as `python -m gallama worker SPEC_JSON` and reads one JSON line from
+its stdout: `{"port": ..., ...facts}` once the model serves, or `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+
+import uvicorn
+
+from gallama.config import ModelSpec
+from gallama.router.loading import load_served, memory_facts
+from gallama.router.registry import ModelRegistry
+from gallama.server.app import create_app
+
+log = logging.getLogger("gallama.worker")
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker never outlives its front, even one killed without a chance to clean up."""
+    while True:
+        if os.getppid() != parent:
+            os._exit(0)
+        time.sleep(0.5)
+
+
+def _report(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def run_worker(spec_json: str, log_level: str = "warning") -> int:
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    spec = ModelSpec.model_validate_json(spec_json)
+    started = time.perf_counter()
+    try:
+        served = load_served(spec)
+    except Exception as error:  # noqa: BLE001 (any load failure is this worker's answer to the front)
+        _report({"error": f"cannot load {spec.model_id}: {error}"})
+        return 1
+    registry = ModelRegistry()
+    registry.add(served)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)  # connections queue from here on, before uvicorn accepts them
+    _report({
+        "port": sock.getsockname()[1],
+        "pid": os.getpid(),
+        "load_s": round(time.perf_counter() - started, 2),
+        "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        **memory_facts(served),
+    })
+    config = uvicorn.Config(create_app(registry), log_level=log_level, access_log=False, lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        registry.close()
+    return 0
