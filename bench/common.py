@@ -1,0 +1,412 @@
+"""Shared helpers of the benchmarks: servers, readiness, peak RSS, SSE timing, reports.
+
+Every benchmark runs its peers in the same run, interleaves their repetitions
+(round-robin) so that all engines see the same machine load, and reports medians.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_MD = REPO_ROOT / "docs" / "benchmarks.md"
+CACHE_DIR = Path(os.environ.get("GALLAMA_BENCH_CACHE", Path.home() / ".cache" / "gallama-bench"))
+
+# A handful of fixed chat prompts, different enough that no engine can answer one
+# from another's cache beyond the shared chat-template prefix.
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a refrigerator works to a ten-year-old.",
+    "List some tips for writing clean Python code, and explain each one.",
+    "Describe the water cycle in detail.",
+    "What are the main differences between cats and dogs as pets?",
+    "Write a letter to a friend describing your last holiday by the sea.",
+]
+
+# A small JSON schema for the constrained-decoding measurement.
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "city": {"type": "string"},
+        "hobbies": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "city", "hobbies"],
+    "additionalProperties": False,
+}
+
+
+def default_model_path() -> str:
+    from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
+
+    return str(locate(DEFAULT_CHAT_MODEL))
+
+
+def end_of_generation_tokens(model_path: str) -> list[int]:
+    """The model's end-of-generation token ids (read from the vocabulary only)."""
+    import logging
+
+    import llama_cpp
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- memory ------------------------------------------------------------------
+
+
+def _proc_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """The pid and all its descendants (from /proc/*/task/*/children)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(c) for c in children.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return pids
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process tree in a thread; `peak_mib` is the highest seen.
+
+    Each process's own high-water mark (VmHWM) is also read at every sample, so a
+    single-process server's peak is exact even between samples.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05):
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        pids = process_tree(self.pid)
+        rss = sum(_proc_kib(p, "VmRSS") for p in pids)
+        if len(pids) == 1:
+            rss = max(rss, _proc_kib(self.pid, "VmHWM"))
+        self.peak_kib = max(self.peak_kib, rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> float:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mib
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_kib / 1024
+
+
+# -- servers -----------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server subprocess in its own process group, with a peak-RSS sampler."""
+
+    name: str
+    command: list[str]
+    port: int
+    ready_path: str = "/health"
+    env: dict[str, str] | None = None
+    log_path: str = ""
+    process: subprocess.Popen | None = None
+    memory: PeakRSS | None = None
+    started_s: float = 0.0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> "Server":
+        self.log_path = self.log_path or str(CACHE_DIR / "logs" / f"{self.name}-{self.port}.log")
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")
+        began = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        self.memory = PeakRSS(self.process.pid)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.base_url + self.ready_path, timeout=2).status_code == 200:
+                    self.started_s = time.perf_counter() - began
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready in {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "".join(open(self.log_path).readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> float:
+        """Stops the whole process group; returns the peak RSS in MiB."""
+        peak = self.memory.stop() if self.memory else 0.0
+        if self.process and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        return peak
+
+
+def gallama_server(model_path: str, threads: int, max_sequences: int, *extra: str) -> Server:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gallama", "serve", "--model", model_path, "--model-name", "bench",
+        "--port", str(port), "--threads", str(threads), "--max-sequences", str(max_sequences),
+        "--log-level", "warning", *extra,
+    ]
+    return Server("gallama", command, port)
+
+
+def llama_server(binary: str, model_path: str, threads: int, slots: int, context_per_slot: int) -> Server:
+    port = free_port()
+    command = [
+        binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
+        "--threads", str(threads), "--threads-batch", str(threads),
+        "-np", str(slots), "-c", str(slots * context_per_slot), "--no-repack",
+        "--alias", "bench", "--log-disable",
+    ]
+    return Server("llama-server", command, port)
+
+
+LCP_SERVER_DEPS = ["starlette-context==0.5.1", "pydantic-settings==2.16.3", "python-dotenv==1.2.4"]
+
+
+def llama_cpp_server_deps() -> Path:
+    """llama-cpp-python's server extras, installed once outside the project's venv."""
+    target = CACHE_DIR / "lcp-server-deps"
+    marker = target / ".complete"
+    if not marker.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), *LCP_SERVER_DEPS],
+            check=True,
+        )
+        marker.touch()
+    return target
+
+
+def llama_cpp_python_server(model_path: str, threads: int, context: int) -> Server:
+    """`python -m llama_cpp.server` through bench/lcp_norepack.py (weight repacking off)."""
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(llama_cpp_server_deps()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    command = [
+        sys.executable, str(BENCH_DIR / "lcp_norepack.py"), "llama_cpp.server",
+        "--model", model_path, "--model_alias", "bench", "--host", "127.0.0.1", "--port", str(port),
+        "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(context),
+        "--flash_attn", "true",
+    ]
+    return Server("llama-cpp-python", command, port, ready_path="/v1/models", env=env)
+
+
+# -- requests ----------------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    status: int
+    sent_s: float
+    first_token_s: float | None = None  # first chunk with content, since sent
+    last_token_s: float | None = None
+    chunks: int = 0  # chunks carrying content
+    completion_tokens: int | None = None  # from usage, when the server reports it
+    finish_reason: str | None = None
+    text: str = ""
+    error: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.completion_tokens if self.completion_tokens is not None else self.chunks
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens after the first, over the time between the first and the last."""
+        if self.first_token_s is None or self.last_token_s is None or self.tokens < 2:
+            return None
+        span = self.last_token_s - self.first_token_s
+        return (self.tokens - 1) / span if span > 0 else None
+
+
+def chat_payload(prompt: str, max_tokens: int, banned: list[int], **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "bench",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logit_bias": {str(t): -100 for t in banned},
+        **extra,
+    }
+
+
+async def stream_chat(client: httpx.AsyncClient, base_url: str, payload: dict[str, Any]) -> StreamResult:
+    """Sends a streaming chat request and times its SSE chunks."""
+    began = time.perf_counter()
+    result = StreamResult(status=0, sent_s=began)
+    async with client.stream("POST", base_url + "/v1/chat/completions", json=payload) as response:
+        result.status = response.status_code
+        if response.status_code != 200:
+            result.error = (await response.aread()).decode(errors="replace")[:300]
+            return result
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            now = time.perf_counter() - began
+            chunk = json.loads(data)
+            if "error" in chunk:
+                result.error = json.dumps(chunk["error"])[:300]
+                break
+            if chunk.get("usage"):
+                result.completion_tokens = chunk["usage"].get("completion_tokens")
+            for choice in chunk.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    result.chunks += 1
+                    result.text += content
+                    if result.first_token_s is None:
+                        result.first_token_s = now
+                    result.last_token_s = now
+                if choice.get("finish_reason"):
+                    result.finish_reason = choice["finish_reason"]
+    return result
+
+
+# -- statistics and reports --------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    rank = q / 100 * (len(values) - 1)
+    low = int(rank)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def versions(*packages: str) -> str:
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found) + f", Python {platform.python_version()}"
+
+
+def today() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def write_section(title: str, body: str) -> None:
+    """Replaces (or appends) the `## title` section of docs/benchmarks.md."""
+    header = "# Benchmarks\n\nLatest results of the scripts in `bench/`; each section is rewritten by its script.\n"
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else header
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_MD.write_text(text)
