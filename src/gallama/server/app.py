@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gallama import __version__
 from gallama.protocol.errors import APIError
 from gallama.router.registry import ModelRegistry
-from gallama.server.routes import chat, completions, models
+from gallama.server.routes import chat, completions, embeddings, models
 
 log = logging.getLogger(__name__)
 
@@ -69,4 +69,5 @@ def create_app(registry: ModelRegistry) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(models.router)
+    app.include_router(embeddings.router)
     return app

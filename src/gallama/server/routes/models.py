@@ -28,7 +28,7 @@ async def list_models(request: Request):
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request):
-    return model_card(request.app.state.registry.get(model_id))
+    return model_card(request.app.state.registry.find(model_id))
 
 
 @router.get("/health")
