@@ -67,7 +67,10 @@ def stop_server(server: RunningServer) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    running = start_server(str(tmp_path_factory.mktemp("server")), "--max-sequences", "4", "--cache-size", "8192")
+    # The chat model alone: a plain `gallama serve` would also load the default embedding model.
+    running = start_server(
+        str(tmp_path_factory.mktemp("server")), "-id", f"model_id={DEFAULT_MODEL}", "--max-sequences", "4", "--cache-size", "8192"
+    )
     yield running
     stop_server(running)
 

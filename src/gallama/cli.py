@@ -18,6 +18,7 @@ from gallama.config import (
     VALID_KEYS, ModelSpec, SpecError, ensure_config, load_config, parse_spec_string, resolve,
 )
 from gallama.protocol.errors import APIError
+from gallama.router.served_embedding_model import default_embedding_specs
 
 app = typer.Typer(help="gallama: an OpenAI-compatible local LLM server for agentic work.", no_args_is_help=True)
 log = logging.getLogger("gallama")
@@ -40,6 +41,7 @@ def _cli_specs(model: Path | None, model_name: str | None, ids: list[str]) -> li
         specs.insert(0, ModelSpec(model_id=str(model), model_name=model_name))
     elif not specs:
         specs.append(ModelSpec(model_id=DEFAULT_CHAT_MODEL.name, model_name=model_name))
+        specs.extend(default_embedding_specs())  # all-MiniLM-L6-v2 beside it, when the embedding extra is installed
     return specs
 
 

@@ -100,3 +100,13 @@ def test_registry_lookups_by_kind():
     assert error.value.param == "model"
     with pytest.raises(InvalidRequest, match="is an embedding model"):
         registry.get("emb")
+
+
+def test_plain_serve_adds_the_default_embedding_model_only_without_ids():
+    from gallama.cli import _cli_specs
+    from gallama.router.served_embedding_model import default_embedding_model_available
+
+    plain = [(spec.model_id, spec.model_name) for spec in _cli_specs(None, None, [])]
+    assert plain[0] == ("SmolLM2-135M-Instruct", None)
+    assert [name for _, name in plain[1:]] == (["all-MiniLM-L6-v2"] if default_embedding_model_available() else [])
+    assert [spec.model_id for spec in _cli_specs(None, None, ["model_id=x"])] == ["x"]
