@@ -182,14 +182,17 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, dict]] = {}
     details: dict[str, list[dict]] = {}
+    walls: list[str] = []
     for label, plan in peers.plans(args, gguf):
         with plan as target:
+            started = time.perf_counter()
             outcomes = peers.run_each(target, questions, lambda client, target, q: ask(client, target, q, args.max_tokens),
                                       args.concurrency, args.timeout, "questions")
+            walls.append(f"{label} {time.perf_counter() - started:.0f} s")
         results[label] = summarize(outcomes)
         details[label] = [outcome.__dict__ for outcome in outcomes]
 
-    report = table(results, present)
+    report = table(results, present) + "\n\nWall time for all questions: " + ", ".join(walls) + "."
     failures = failure_lines(results)
     print(report)
     if failures:
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Latest run: {common.today()}, gallama at `{peers.gallama_head()}`, model `{Path(gguf).name}`, "
             f"data `{args.data.name}` ({len(questions)} questions, "
             f"{'first ' + str(args.limit) + ' per category' if args.limit else 'all'}), max_tokens {args.max_tokens}.",
+            "",
+            f"Machine: {peers.machine_note()}.",
             "",
             "```",
             peers.command_line(),

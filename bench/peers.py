@@ -134,3 +134,10 @@ def run_each(target: Target, items: list, ask, concurrency: int, timeout_s: floa
 
 def pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def machine_note() -> str:
+    """The machine and its load when the run ended: the cores are shared, so say how busy they were."""
+    import os
+
+    return f"{common.machine_description()}; load average {os.getloadavg()[0]:.1f} at the end of the run"

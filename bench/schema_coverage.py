@@ -293,10 +293,14 @@ def main(argv: list[str] | None = None) -> int:
             for c, r in per.items()))
     for label, plan in plans:
         with plan as target:
+            started = time.perf_counter()
             results = peers.run_each(
                 target, schemas, lambda client, target, s: ask(client, target, s, args.max_tokens, args.prompt_schema_chars),
                 args.concurrency, args.timeout, "schemas")
-        reports.append(table(label, summarize(schemas, results)))
+            wall = time.perf_counter() - started
+        tokens = sum(r.tokens for r in results)
+        reports.append(table(label, summarize(schemas, results))
+                       + f"\n\n{label}: {wall:.0f} s wall time, {tokens} completion tokens.")
         problems.append(problem_lists(label, schemas, results))
         saved[label] = [r.__dict__ for r in results]
 
@@ -315,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'first ' + str(args.limit) + ' per category' if args.limit else 'all'}), max_tokens {args.max_tokens}. "
             "\"valid\" counts the outputs that finished with `stop` and that `jsonschema` (with format checks) "
             "accepts; \"out of tokens\" those that hit max_tokens.",
+            "",
+            f"Machine: {peers.machine_note()}.",
             "",
             "```",
             peers.command_line(),
