@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
+from llguidance import LLMatcher
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -23,24 +25,13 @@ class SamplingParams:
     seed: int | None = None
 
 
-class TokenConstraint(Protocol):
-    """A per-sequence constraint (an llguidance matcher fits this shape)."""
-
-    def compute_bitmask(self) -> bytes: ...
-
-    def consume_token(self, token: int) -> bool: ...
-
-    def is_stopped(self) -> bool: ...
-
-    def is_accepting(self) -> bool: ...
-
-
 @dataclass
 class GenerationRequest:
     prompt_tokens: list[int]
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    constraint: TokenConstraint | None = None
+    # An llguidance matcher, owned by this request: the engine masks every token with it.
+    constraint: LLMatcher | None = None
     top_logprobs: int | None = None  # None: no logprobs; 0..20: that many alternatives
 
 

@@ -16,10 +16,15 @@ import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from typing import Callable
 
 import llama_cpp
+import llguidance
+import llguidance.numpy
 import numpy as np
+from llguidance.llamacpp import lltokenizer_from_vocab
 from llama_cpp import _internals
 
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
@@ -159,6 +164,8 @@ class LlamaCppEngine:
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._queue_size = queue_size
+        self._llg_executor = llguidance.LLExecutor()
+        self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masks")
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"engine:{os.path.basename(model_path)}", daemon=True)
@@ -196,9 +203,11 @@ class LlamaCppEngine:
     def eos_token_id(self) -> int:
         return self._model.token_eos()
 
-    @property
-    def llama_vocab(self):
-        return self._vocab
+    @cached_property
+    def constraint_tokenizer(self) -> llguidance.LLTokenizer:
+        """llguidance's view of this vocabulary (built once; takes about a second)."""
+        eog = [t for t in range(self.vocab_size) if self.is_end_of_generation(t)]
+        return lltokenizer_from_vocab(self._vocab, eos_token=eog or None)
 
     @property
     def load_stats(self) -> dict[str, int]:
@@ -255,6 +264,7 @@ class LlamaCppEngine:
             self._closed = True
             self._lock.notify()
         self._thread.join(timeout=10)
+        self._mask_pool.shutdown()
         llama_cpp.llama_batch_free(self._batch)
         self._ctx.close()
         self._model.close()
@@ -319,6 +329,11 @@ class LlamaCppEngine:
             sequence.pending = list(prompt[reused:])
             self._running.append(sequence)
 
+    def _fail(self, sequence: _Sequence, error: Exception) -> None:
+        sequence.emit(error)
+        with self._lock:
+            self._release(sequence, keep_cache=False)
+
     def _clear_slot(self, slot: _Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
         slot.cached.clear()
@@ -366,24 +381,42 @@ class LlamaCppEngine:
                 batch.logits[n - 1] = True
                 outputs.append((sequence, n - 1))
         batch.n_tokens = n
-        status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        # The next-token masks depend only on what the matchers have consumed so
+        # far, so llguidance computes them (in parallel, off the GIL) while
+        # llama.cpp decodes.
+        constrained = [s for s, _ in outputs if s.request.constraint is not None]
+        masks = None
+        if constrained:
+            masks = llguidance.numpy.allocate_token_bitmask(len(constrained), self.vocab_size)
+            pending_masks = self._mask_pool.submit(
+                llguidance.numpy.fill_next_token_bitmask_par,
+                self._llg_executor,
+                [(s.request.constraint, i) for i, s in enumerate(constrained)],
+                masks,
+            )
+        try:
+            status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        finally:
+            if constrained:
+                pending_masks.result()
         if status != 0:
             raise EngineError(f"llama_decode returned {status}")
         for sequence, count in fed:
             sequence.slot.cached.extend(sequence.pending[:count])
             del sequence.pending[:count]
+        mask_rows = {id(s): masks[i] for i, s in enumerate(constrained)}
         for sequence, index in outputs:
-            self._sample(sequence, index)
+            self._sample(sequence, index, mask_rows.get(id(sequence)))
 
-    def _sample(self, sequence: _Sequence, index: int) -> None:
+    def _sample(self, sequence: _Sequence, index: int, mask_row: np.ndarray | None) -> None:
         request = sequence.request
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.vocab_size,))
         allowed = None
-        if request.constraint is not None:
-            mask = np.frombuffer(request.constraint.compute_bitmask(), dtype=np.uint8)
-            allowed = np.unpackbits(mask, bitorder="little")[: self.vocab_size].astype(bool)
-            if allowed.size < self.vocab_size:
-                allowed = np.pad(allowed, (0, self.vocab_size - allowed.size))
+        if mask_row is not None:
+            allowed = np.unpackbits(mask_row.view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
+            if not allowed.any():
+                self._fail(sequence, EngineError(f"the constraint allows no token: {request.constraint.get_error()}"))
+                return
         token = sequence.sampler.choose(sequence.sampler.adjusted_logits(logits, allowed))
         sequence.sampler.accept(token)
         sequence.generated += 1
@@ -397,7 +430,8 @@ class LlamaCppEngine:
         finished = self.is_end_of_generation(token)
         if request.constraint is not None and not finished:
             if not request.constraint.consume_token(token):
-                raise EngineError("the constraint rejected a token it allowed")
+                self._fail(sequence, EngineError(f"the constraint rejected a token: {request.constraint.get_error()}"))
+                return
             finished = request.constraint.is_stopped()
         if finished:
             event.finish_reason = "stop"

@@ -6,9 +6,9 @@ with a 400 that names it, never accepted and ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MAX_N = 16
 MAX_STOP_STRINGS = 16
@@ -27,11 +27,29 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_TOOLS = 128
+
+
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str  # a JSON string, as OpenAI sends it
+
+
+class ToolCall(StrictModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # legacy form of one tool call
+    refusal: str | None = None
 
     @model_validator(mode="after")
     def _content_required(self) -> "ChatMessage":
@@ -45,6 +63,49 @@ class ChatMessage(StrictModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionDefinition(StrictModel):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class Tool(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(StrictModel):
+    name: str
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(StrictModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | bool = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only allowed with type json_schema, not {self.type}")
+        return self
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
@@ -71,6 +132,18 @@ class SamplingFields(StrictModel):
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    # Structured output: OpenAI's response_format, gallama's extras, vLLM's guided_* names.
+    response_format: ResponseFormat | None = None
+    regex_pattern: str | None = None
+    regex_prefix_pattern: str | None = None
+    grammar: str | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    leading_prompt: str | None = None
+    stop_words: list[str] | None = Field(default=None, max_length=MAX_STOP_STRINGS)
+    return_stop_word: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -94,9 +167,8 @@ class SamplingFields(StrictModel):
         return self
 
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        stops = [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return stops + list(self.stop_words or [])
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -104,6 +176,41 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    # The legacy names, mapped onto tools and tool_choice.
+    functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    # Thinking: a guided XML thinking template, or a native reasoning model's thinking.
+    thinking_template: str | None = None
+    return_thinking: bool = False
+    thinking_max_tokens: int | None = Field(default=None, ge=1)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    _legacy_functions: bool = PrivateAttr(default=False)  # answer in the legacy function_call shape
+
+    @property
+    def legacy_functions(self) -> bool:
+        return self._legacy_functions
+
+    @model_validator(mode="after")
+    def _map_legacy_functions(self) -> "ChatCompletionRequest":
+        if self.functions is not None:
+            if self.tools is not None:
+                raise ValueError("give tools or the legacy functions, not both")
+            self.tools = [Tool(type="function", function=f) for f in self.functions]
+            self.functions = None
+            self.parallel_tool_calls = False  # a legacy answer holds one function_call
+            self._legacy_functions = True
+        if self.function_call is not None:
+            if self.tool_choice is not None:
+                raise ValueError("give tool_choice or the legacy function_call, not both")
+            call = self.function_call
+            self.tool_choice = (
+                call if isinstance(call, str) else NamedToolChoice(type="function", function=NamedFunction(name=call.name))
+            )
+            self.function_call = None
+        return self
 
     @model_validator(mode="after")
     def _logprobs_consistent(self) -> "ChatCompletionRequest":

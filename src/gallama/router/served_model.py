@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from gallama.agentic.chat_template import CHATML_TEMPLATE, ChatTemplate
+from gallama.agentic.constraints import ConstraintCompiler
+from gallama.agentic.tool_formats import ToolCallFormat, detect_format
 from gallama.engines.llama_cpp_engine import LlamaCppEngine
 
 
@@ -27,6 +30,14 @@ class ServedModel:
             eos_token=engine.token_text(engine.eos_token_id) if engine.eos_token_id >= 0 else "",
         )
         return cls(name=name, engine=engine, template=template)
+
+    @cached_property
+    def tool_format(self) -> ToolCallFormat:
+        return detect_format(self.template.source)
+
+    @cached_property
+    def constraints(self) -> ConstraintCompiler:
+        return ConstraintCompiler(self.engine.constraint_tokenizer)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokens of a rendered prompt; special tokens in the text are parsed as such.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+from gallama.agentic import constraints
+from gallama.agentic.constraints import ConstraintError
 from gallama.engines.base import GenerationRequest, SamplingParams
 from gallama.protocol.errors import ContextLengthExceeded, InvalidRequest
 from gallama.protocol.requests import SamplingFields
@@ -51,6 +55,64 @@ def output_budget(model: ServedModel, prompt_tokens: list[int], requested: int |
     return requested
 
 
+def _guided_json_grammar(value) -> str:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise ConstraintError(f"guided_json is not valid JSON: {error}") from error
+    return constraints.json_schema_grammar(value)
+
+
+def requested_constraints(body: SamplingFields) -> list[tuple[str, callable]]:
+    """The constraint parameters this request sets, each with its grammar builder."""
+    found = []
+    if body.response_format is not None and body.response_format.type == "json_object":
+        found.append(("response_format", constraints.json_object_grammar))
+    if body.response_format is not None and body.response_format.type == "json_schema":
+        schema = body.response_format.json_schema.schema_
+        found.append(("response_format", lambda: constraints.json_schema_grammar(schema)))
+    builders = {
+        "regex_pattern": constraints.regex_grammar,
+        "regex_prefix_pattern": constraints.regex_prefix_grammar,
+        "grammar": constraints.user_grammar,
+        "guided_json": _guided_json_grammar,
+        "guided_regex": constraints.regex_grammar,
+        "guided_choice": constraints.choice_grammar,
+        "guided_grammar": constraints.user_grammar,
+    }
+    for name, build in builders.items():
+        value = getattr(body, name)
+        if value is not None:
+            found.append((name, lambda build=build, value=value: build(value)))
+    return found
+
+
+def constraint_grammar(
+    model: ServedModel, body: SamplingFields, grammar_override: str | None = None, param: str | None = None
+) -> str | None:
+    """The request's one grammar, checked by the compiler; None when output is free.
+
+    grammar_override: a grammar built elsewhere (tool calls), checked under `param`.
+    """
+    found = requested_constraints(body) if grammar_override is None else [(param, lambda: grammar_override)]
+    if len(found) > 1:
+        names = [name for name, _ in found]
+        raise InvalidRequest(
+            f"{' and '.join(names)} cannot be combined in one request: each constrains the whole output",
+            param=names[1],
+        )
+    if not found:
+        return None
+    name, build = found[0]
+    try:
+        grammar = build()
+        model.constraints.matcher(grammar)  # compile now: a bad grammar fails before any token
+    except ConstraintError as error:
+        raise InvalidRequest(f"Invalid {name}: {error}", param=name, code="invalid_grammar") from error
+    return grammar
+
+
 def choice_specs(
     model: ServedModel,
     body: SamplingFields,
@@ -59,6 +121,7 @@ def choice_specs(
     top_logprobs: int | None,
     stops: list[str],
     keep_stop: bool = False,
+    grammar: str | None = None,
 ) -> list[ChoiceSpec]:
     specs = []
     for index in range(body.n):
@@ -69,6 +132,7 @@ def choice_specs(
             max_tokens=max_tokens,
             sampling=sampling_params(body, model.engine.vocab_size, seed),
             top_logprobs=top_logprobs,
+            constraint=model.constraints.matcher(grammar) if grammar is not None else None,
         )
         specs.append(ChoiceSpec(request=request, stops=stops, keep_stop=keep_stop))
     return specs

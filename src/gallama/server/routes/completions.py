@@ -11,7 +11,7 @@ from gallama.protocol.requests import CompletionRequest
 from gallama.protocol.responses import CompletionLogprobs, ResponseHeader, usage
 from gallama.router.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, merge_choices, start_choices
-from gallama.server.planning import choice_specs, output_budget
+from gallama.server.planning import choice_specs, constraint_grammar, output_budget
 from gallama.server.sse import sse_response
 
 router = APIRouter()
@@ -27,6 +27,13 @@ def prompt_tokens_of(model: ServedModel, prompt: str | list[int]) -> list[int]:
     return list(prompt)
 
 
+def leading_tokens(model: ServedModel, body: CompletionRequest) -> list[int]:
+    """The leading prompt continues the prompt; it is not echoed nor returned."""
+    if not body.leading_prompt:
+        return []
+    return model.engine.tokenize(body.leading_prompt, add_special=False, parse_special=True)
+
+
 def prompt_text(model: ServedModel, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
@@ -39,12 +46,15 @@ async def create_completion(body: CompletionRequest, request: Request):
     if body.echo and body.logprobs is not None:
         raise InvalidRequest("echo together with logprobs (prompt logprobs) is not supported", param="echo")
     prompts = body.prompts()
-    token_lists = [prompt_tokens_of(model, p) for p in prompts]
+    grammar = constraint_grammar(model, body)
+    token_lists = [prompt_tokens_of(model, p) + leading_tokens(model, body) for p in prompts]
     runs: list[ChoiceRun] = []
     try:
         for tokens in token_lists:
             max_tokens = output_budget(model, tokens, body.max_tokens, "max_tokens")
-            specs = choice_specs(model, body, tokens, max_tokens, body.logprobs, body.stop_list())
+            specs = choice_specs(
+                model, body, tokens, max_tokens, body.logprobs, body.stop_list(), body.return_stop_word, grammar
+            )
             runs.extend(start_choices(model, specs))
     except BaseException:
         for run in runs:

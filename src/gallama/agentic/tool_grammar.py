@@ -1,0 +1,81 @@
+"""The decoding grammar for tool calls: tool_choice and parallel_tool_calls, enforced.
+
+The grammar is Lark in llguidance's dialect: each call is the format's fixed
+text around a `%json` block holding the tool's parameter schema, so every
+emitted call names a given tool and its arguments validate against its schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gallama.agentic.constraints import JSON_OPTIONS, ConstraintError, json_schema_grammar
+from gallama.agentic.tool_formats import ToolCallFormat
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # Lark string literals share JSON's escapes
+
+
+def _regex_literal(text: str) -> str:
+    """The text as a regex inside Lark's /.../ (one line, slashes escaped)."""
+    controls = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "/": "\\/"}
+    return "".join(controls.get(c) or (re.escape(c) if c != " " else " ") for c in text)
+
+
+def _json_block(schema: dict[str, Any]) -> str:
+    return "%json " + json.dumps({**schema, "x-guidance": dict(JSON_OPTIONS)})
+
+
+def arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Tool parameters always describe an object; a schema that omits the type gets it."""
+    if not any(key in parameters for key in ("type", "anyOf", "oneOf", "allOf", "$ref", "enum", "const")):
+        return {**parameters, "type": "object"}
+    return parameters
+
+
+def check_parameters(name: str, parameters: dict[str, Any]) -> None:
+    try:
+        json_schema_grammar(arguments_schema(parameters))
+    except ConstraintError as error:
+        raise ConstraintError(f"the parameters of tool '{name}' are not a valid JSON schema: {error}") from error
+
+
+def tool_grammar(
+    tools: dict[str, dict[str, Any]],
+    syntax: ToolCallFormat,
+    choice: str,
+    parallel: bool,
+    text_schema: dict[str, Any] | None = None,
+) -> str:
+    """A Lark grammar for the whole answer.
+
+    tools: name -> parameters schema. choice: "none", "auto", "required", or a
+    tool name. text_schema: when the answer may be text, the schema it follows.
+    """
+    rules = []
+    callable_names = [choice] if choice in tools else list(tools)
+    for index, name in enumerate(callable_names):
+        rules.append(
+            f"call_{index}: {_literal(syntax.call_prefix(name))} "
+            f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}"
+        )
+    rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(callable_names))))
+    repeat = f" ({_literal(syntax.separator)} call)*" if parallel and choice not in tools else ""
+    open_, close = _literal(syntax.section_open), _literal(syntax.section_close)
+    rules.append(f"calls: {open_ if syntax.section_open else ''} call{repeat} {close if syntax.section_close else ''}")
+    if text_schema is not None:
+        rules.append(f"text: {_json_block(text_schema)}")
+    else:
+        # Free text that does not open a tool call, so "none" can never call.
+        start = _regex_literal(syntax.start)
+        rules.append(f"text: TEXT\nTEXT: /(?s:.+)/ & ~/(?s:\\s*){start}(?s:.*)/")
+    if choice == "none":
+        top = "text"
+    elif choice == "auto":
+        top = "calls | text"
+    else:
+        top = "calls"
+    return f"start: {top}\n" + "\n".join(rules) + "\n"

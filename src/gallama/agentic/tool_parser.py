@@ -1,0 +1,148 @@
+"""Reading tool calls out of streamed model text.
+
+The grammar fixes the layout of calls exactly, so the parser only has to follow
+it: the format's opening text, `{"name": "NAME", "ARGS_KEY": `, the arguments'
+JSON (tracked by bracket depth, strings aware), then `}` and the closing text.
+Arguments are passed on as they arrive, so streamed deltas carry fragments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gallama.agentic.tool_formats import ToolCallFormat
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class CallStart:
+    index: int
+    name: str
+
+
+@dataclass
+class ArgumentsDelta:
+    index: int
+    text: str
+
+
+@dataclass
+class CallEnd:
+    index: int
+
+
+ParserEvent = TextDelta | CallStart | ArgumentsDelta | CallEnd
+
+
+class ToolCallParser:
+    def __init__(self, syntax: ToolCallFormat, mode: str):
+        """mode: "text" (no calls possible), "calls" (only calls), "auto" (either, decided by the start)."""
+        self.syntax = syntax
+        self.mode = mode
+        self._buffer = ""
+        self._pos = 0
+        self._calls = 0
+        self._state = "call"  # in calls mode: "call", "arguments", "after"
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._prefix = re.compile(
+            re.escape(syntax.call_open) + r'\{"name": "([^"]+)", "' + re.escape(syntax.arguments_key) + '": '
+        )
+        self.calls: list[dict[str, str]] = []  # the finished calls: name and arguments
+
+    def feed(self, text: str) -> list[ParserEvent]:
+        self._buffer += text
+        if self.mode == "auto":
+            stripped = self._buffer.lstrip()
+            start = self.syntax.start
+            if stripped.startswith(start):
+                self.mode = "calls"
+                self._pos = len(self._buffer) - len(stripped)
+            elif start.startswith(stripped):
+                return []  # could still become a call
+            else:
+                self.mode = "text"
+        if self.mode == "text":
+            out, self._buffer = self._buffer, ""
+            return [TextDelta(out)] if out else []
+        return self._parse_calls()
+
+    def _parse_calls(self) -> list[ParserEvent]:
+        events: list[ParserEvent] = []
+        syntax = self.syntax
+        while self._pos < len(self._buffer):
+            rest = self._buffer[self._pos :]
+            if self._state == "call":
+                lead = syntax.section_open if self._calls == 0 else syntax.separator
+                if not rest.startswith(lead):
+                    break  # wait for more text (the grammar guarantees it comes)
+                match = self._prefix.match(rest, len(lead))
+                if match is None:
+                    break
+                self._pos += match.end()
+                self.calls.append({"name": match.group(1), "arguments": ""})
+                events.append(CallStart(self._calls, match.group(1)))
+                self._state = "arguments"
+            elif self._state == "arguments":
+                fragment = self._scan_arguments(rest)
+                if fragment:
+                    self.calls[-1]["arguments"] += fragment
+                    events.append(ArgumentsDelta(self._calls, fragment))
+                if self._state == "arguments":
+                    break
+            else:  # after the arguments: "}" and the closing text
+                suffix = syntax.call_suffix()
+                if len(rest) < len(suffix):
+                    break
+                self._pos += len(suffix)
+                events.append(CallEnd(self._calls))
+                self._calls += 1
+                self._state = "call"
+        return events
+
+    def _scan_arguments(self, rest: str) -> str:
+        """Consumes argument characters up to the end of the JSON value; returns them."""
+        for offset, char in enumerate(rest):
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._in_string = False
+            elif char == '"':
+                self._in_string = True
+            elif char in "{[":
+                self._depth += 1
+            elif char in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._pos += offset + 1
+                    self._state = "after"
+                    return rest[: offset + 1]
+        self._pos += len(rest)
+        return rest
+
+    def finish(self) -> list[ParserEvent]:
+        """At the end of generation: text that was held back as a possible call start."""
+        if self.mode == "auto" and self._buffer:
+            self.mode = "text"
+            return self.feed("")
+        return []
+
+    @property
+    def complete_calls(self) -> list[dict[str, str]]:
+        """Calls whose arguments were closed (a cut-off last call is left out)."""
+        closed = self._calls + (1 if self._state == "after" else 0)
+        return self.calls[:closed]
+
+    def drop_last_call(self) -> None:
+        """Forgets the last call (a repeat that ended the turn)."""
+        del self.calls[-1]
+        self._calls = len(self.calls)

@@ -1,0 +1,63 @@
+"""A request's tools, checked and turned into a prompt, a grammar and a parser mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gallama.agentic.constraints import ConstraintError
+from gallama.agentic.tool_formats import ToolCallFormat
+from gallama.agentic.tool_grammar import check_parameters, tool_grammar
+from gallama.agentic.tool_prompt import generic_history, native_history
+
+
+class ToolRequestError(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ToolPlan:
+    syntax: ToolCallFormat
+    tools: list[dict[str, Any]]  # OpenAI tool objects, as sent
+    choice: str  # "none", "auto", "required" or a tool name
+    parallel: bool
+
+    @property
+    def parser_mode(self) -> str:
+        return {"none": "text", "auto": "auto"}.get(self.choice, "calls")
+
+    def template_messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Messages and extra template variables for the chat template."""
+        if self.syntax.native:
+            return native_history(messages), {"tools": self.tools or None}
+        return generic_history(messages, self.syntax, self.tools, self.choice), {}
+
+    def grammar(self, text_schema: dict[str, Any] | None) -> str:
+        parameters = {tool["function"]["name"]: tool["function"].get("parameters") or {} for tool in self.tools}
+        return tool_grammar(parameters, self.syntax, self.choice, self.parallel, text_schema)
+
+
+def plan_tools(
+    tools: list[dict[str, Any]] | None, tool_choice: str | dict | None, parallel: bool, syntax: ToolCallFormat
+) -> ToolPlan | None:
+    if not tools:
+        if tool_choice not in (None, "none"):
+            raise ToolRequestError("tool_choice needs tools", "tool_choice")
+        return None
+    names = [tool["function"]["name"] for tool in tools]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ToolRequestError(f"tool names must be unique; '{name}' is given twice", f"tools.{index}.function.name")
+        try:
+            check_parameters(name, tools[index]["function"].get("parameters") or {})
+        except ConstraintError as error:
+            raise ToolRequestError(str(error), f"tools.{index}.function.parameters") from error
+    if isinstance(tool_choice, dict):
+        choice = tool_choice["function"]["name"]
+        if choice not in names:
+            raise ToolRequestError(f"tool_choice names '{choice}', which is not among the given tools", "tool_choice")
+    else:
+        choice = tool_choice or "auto"
+    return ToolPlan(syntax=syntax, tools=tools, choice=choice, parallel=parallel)
