@@ -21,8 +21,8 @@ class FakeEngine:
     def __init__(self):
         self.embedded = []
 
-    def count_tokens(self, item):
-        return len(item)
+    def count_tokens(self, items):
+        return [len(item) for item in items]
 
     def truncate(self, item, max_tokens):
         return item[:max_tokens]

@@ -20,7 +20,7 @@ class EmbeddingEngine(Protocol):
     dimensions: int
     vocab_size: int
 
-    def count_tokens(self, item: EmbeddingInput) -> int: ...
+    def count_tokens(self, items: Sequence[EmbeddingInput]) -> list[int]: ...
 
     def truncate(self, item: EmbeddingInput, max_tokens: int) -> EmbeddingInput:
         """The input cut to its first max_tokens tokens (special tokens included)."""

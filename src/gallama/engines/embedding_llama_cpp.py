@@ -100,8 +100,8 @@ class LlamaCppEmbeddingEngine:
             return self._model.tokenize(item.encode("utf-8"), add_bos=self._add_bos, special=False)
         return list(item)
 
-    def count_tokens(self, item: EmbeddingInput) -> int:
-        return len(self.tokens_of(item))
+    def count_tokens(self, items: Sequence[EmbeddingInput]) -> list[int]:
+        return [len(self.tokens_of(item)) for item in items]
 
     def truncate(self, item: EmbeddingInput, max_tokens: int) -> EmbeddingInput:
         return self.tokens_of(item)[:max_tokens]

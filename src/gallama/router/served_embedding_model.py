@@ -45,25 +45,25 @@ class ServedEmbeddingModel:
         """
         self.check_dimensions(dimensions)
         limit = self.token_limit(truncate_to)
-        items: list[EmbeddingInput] = []
-        total = 0
         for index, item in enumerate(inputs):
             if not isinstance(item, str) and any(t >= self.engine.vocab_size for t in item):
                 raise InvalidRequest(
                     f"input {index} has a token id outside the vocabulary of '{self.name}' (size {self.engine.vocab_size})",
                     param="input",
                 )
-            count = self.engine.count_tokens(item)
-            if count > limit:
-                if truncate_to is None:
-                    raise InvalidRequest(
-                        f"input {index} has {count} tokens, more than the {limit} that '{self.name}' takes; "
-                        "shorten it or set truncate_prompt_tokens to cut it",
-                        param="input", code="context_length_exceeded",
-                    )
-                item, count = self.engine.truncate(item, limit), limit
-            items.append(item)
-            total += count
+        items = list(inputs)
+        counts = self.engine.count_tokens(items)
+        for index, count in enumerate(counts):
+            if count <= limit:
+                continue
+            if truncate_to is None:
+                raise InvalidRequest(
+                    f"input {index} has {count} tokens, more than the {limit} that '{self.name}' takes; "
+                    "shorten it or set truncate_prompt_tokens to cut it",
+                    param="input", code="context_length_exceeded",
+                )
+            items[index], counts[index] = self.engine.truncate(items[index], limit), limit
+        total = sum(counts)
         vectors = await self.engine.embed(items)
         if dimensions is not None:
             vectors = l2_normalize(vectors[:, :dimensions])
