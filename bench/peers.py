@@ -6,7 +6,9 @@ options, the request loop and the report helpers both benchmarks share."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -27,14 +29,28 @@ class Target:
     model: str
 
 
+_RUNNING: list[common.Server] = []
+
+
+def _stop_on_signal(signum, frame) -> None:
+    """SIGTERM/SIGINT while requests are in flight: stop the servers started here, then exit."""
+    for server in list(_RUNNING):
+        server.stop()
+    os._exit(128 + signum)
+
+
 @contextlib.contextmanager
 def serving(server: common.Server) -> Iterator[Target]:
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     print(f"[{server.name}] starting: {shlex.join(server.command)}", file=sys.stderr)
-    server.start()
+    _RUNNING.append(server)
     try:
+        server.start()
         yield Target(server.name, server.base_url + "/v1", SERVED_NAME)
     finally:
         server.stop()
+        _RUNNING.remove(server)
 
 
 def gallama(gguf: str, threads: int, context: int) -> common.Server:
@@ -138,6 +154,4 @@ def pct(part: int, whole: int) -> str:
 
 def machine_note() -> str:
     """The machine and its load when the run ended: the cores are shared, so say how busy they were."""
-    import os
-
     return f"{common.machine_description()}; load average {os.getloadavg()[0]:.1f} at the end of the run"
