@@ -45,12 +45,7 @@ def _cli_specs(model: Path | None, model_name: str | None, ids: list[str]) -> li
     return specs
 
 
-async def _serve(specs: list[ModelSpec], defaults: dict[str, Any], host: str, port: int, log_level: str) -> int:
-    from gallama.router.front import create_front, group_specs
-    from gallama.router.pool import ModelPool
-
-    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning")
-    groups = group_specs(specs)
+async def _serve(pool, groups: dict[str, list[ModelSpec]], server: uvicorn.Server) -> int:
     try:
         with Progress(SpinnerColumn(), TextColumn("loading {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -63,8 +58,6 @@ async def _serve(specs: list[ModelSpec], defaults: dict[str, Any], host: str, po
         log.error(error.message)
         await pool.close()
         return 1
-    server = uvicorn.Server(uvicorn.Config(create_front(pool, defaults), host=host, port=port,
-                                           log_level=log_level.lower(), access_log=False))
     try:
         await server.serve()
     finally:
@@ -101,7 +94,16 @@ def serve(
         specs = [resolve(spec, config, defaults) for spec in _cli_specs(model, model_name, ids)]
     except SpecError as error:
         raise typer.BadParameter(str(error), param_hint="-id/--model") from None
-    raise typer.Exit(asyncio.run(_serve(specs, defaults, host, port, log_level)))
+    from gallama.router.front import create_front, group_specs
+    from gallama.router.pool import ModelPool
+
+    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning")
+    server_config = uvicorn.Config(create_front(pool, defaults), host=host, port=port, log_level=log_level.lower(),
+                                   access_log=False, timeout_graceful_shutdown=5)
+    # uvicorn's own loop choice (uvloop when installed), as uvicorn.run would make it.
+    with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
+        code = runner.run(_serve(pool, group_specs(specs), uvicorn.Server(server_config)))
+    raise typer.Exit(code)
 
 
 @app.command("worker", hidden=True)

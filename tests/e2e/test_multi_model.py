@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -168,3 +170,17 @@ def test_a_killed_worker_fails_its_requests_with_503_and_comes_back(api, front):
     instance = instances(front, GEMMA)[0]
     assert instance["pid"] != old_pid and instance["restarts"] == 1
     assert api.completions.create(model=GEMMA, prompt="Hi", max_tokens=1).model == GEMMA
+
+
+def test_gallama_list_shows_configured_and_loaded_models(multi, tmp_path):
+    home = tmp_path / "home"
+    env = {**os.environ, "GALLAMA_HOME": str(home), "COLUMNS": "300"}
+    home.mkdir()
+    (home / "model_config.yaml").write_text(f"tiny:\n  model_id: {DEFAULT_MODEL}\n  threads: 1\n")
+    done = subprocess.run([sys.executable, "-m", "gallama", "list", "--url", multi.base_url],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    configured, loaded = done.stdout.split("loaded at")
+    assert "tiny" in configured and "threads=1" in configured
+    rows = {line.split("│")[1].strip(): line for line in loaded.splitlines() if line.count("│") > 2}
+    assert "2" in rows[DEFAULT_MODEL].split("│")[2] and "ready" in rows[GEMMA]
