@@ -114,6 +114,19 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process tree's live processes."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class PeakRSS:
     """Samples the summed RSS of a process tree in a thread; `peak_mib` is the highest seen.
 
@@ -196,6 +209,9 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.name} was not ready in {timeout_s}s:\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.process.pid) if self.process else 0.0
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "".join(open(self.log_path).readlines()[-lines:])
@@ -205,16 +221,45 @@ class Server:
     def stop(self) -> float:
         """Stops the whole process group; returns the peak RSS in MiB."""
         peak = self.memory.stop() if self.memory else 0.0
-        if self.process and self.process.poll() is None:
+        if self.process is None:
+            return peak
+        group = self.process.pid
+        if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
+                os.killpg(group, signal.SIGTERM)
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
                 self.process.wait()
             except ProcessLookupError:
                 pass
+        # A supervisor may have restarted a child while it was being stopped: end
+        # whatever is left of the group.
+        deadline = time.monotonic() + 10
+        while (left := group_members(group)) and time.monotonic() < deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
         return peak
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is pgid."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
 
 
 def gallama_server(model_path: str, threads: int, max_sequences: int, *extra: str) -> Server:
@@ -263,7 +308,7 @@ def llama_cpp_python_server(model_path: str, threads: int, context: int) -> Serv
         sys.executable, str(BENCH_DIR / "lcp_norepack.py"), "llama_cpp.server",
         "--model", model_path, "--model_alias", "bench", "--host", "127.0.0.1", "--port", str(port),
         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(context),
-        "--flash_attn", "true",
+        "--flash_attn", "true", "--interrupt_requests", "false",  # queue concurrent requests instead of cutting them off
     ]
     return Server("llama-cpp-python", command, port, ready_path="/v1/models", env=env)
 
@@ -394,6 +439,34 @@ def versions(*packages: str) -> str:
     return ", ".join(found) + f", Python {platform.python_version()}"
 
 
+def cpu_busy(interval_s: float = 2.0) -> float:
+    """The machine's CPU use over interval_s, in cores (from /proc/stat)."""
+
+    def times() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    busy0, total0 = times()
+    time.sleep(interval_s)
+    busy1, total1 = times()
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
+def wait_for_quiet(max_busy_cores: float = 0.3, max_wait_s: float = 120.0) -> float:
+    """Waits (up to max_wait_s) until other work uses under max_busy_cores; returns the last reading.
+
+    The machine is shared: this keeps a benchmark round from starting in the
+    middle of someone else's build or test run when that can be avoided.
+    """
+    deadline = time.monotonic() + max_wait_s
+    busy = cpu_busy()
+    while busy > max_busy_cores and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
+
+
 def today() -> str:
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
@@ -410,3 +483,16 @@ def write_section(title: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + section
     RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_MD.write_text(text)
+
+
+def exit_on_sigterm() -> None:
+    """Turns SIGTERM into SystemExit so that `finally` blocks stop the servers."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def llama_server_binary() -> str:
+    """The cached llama-server of the installed llama-cpp-python version (built if missing)."""
+    script = BENCH_DIR / "build_llama_server.sh"
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True, env=env)
+    return done.stdout.strip().splitlines()[-1]

@@ -1,0 +1,176 @@
+"""What gallama's HTTP server adds on top of the raw engine (issue 2).
+
+Single-stream decode tokens/s and time to first token of `gallama serve` over
+HTTP (streaming chat, temperature 0, end-of-generation tokens banned with
+logit_bias so that every run decodes exactly --max-tokens tokens) against
+llama-cpp-python's own `Llama` object fed the same prompt tokens (the same chat
+template, rendered and tokenized the same way), with the same GGUF, thread count,
+context size (4096), batch size and flash attention, in the same run. The
+repetitions alternate between the two so that both see the same machine load.
+
+    python bench/engine_overhead.py [--max-tokens 128] [--rounds 5] [--threads 2]
+
+Goal: gallama's decode at least 0.95x the raw engine's; added TTFT under 10 ms (median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+from bench.lcp_norepack import disable_repack  # noqa: E402
+
+CONTEXT = 4096
+N_BATCH = 512
+
+
+def load_raw_engine(model_path: str, threads: int):
+    disable_repack()
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=model_path, n_ctx=CONTEXT, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=threads,
+        n_threads_batch=threads, flash_attn=True, verbose=False,
+    )
+
+
+def prompt_tokens(llm, prompt: str) -> list[int]:
+    """The prompt as gallama renders it: the GGUF's chat template, special tokens parsed."""
+    from gallama.agentic.chat_template import ChatTemplate
+
+    metadata = llm.metadata
+    template = ChatTemplate(
+        metadata["tokenizer.chat_template"],
+        bos_token=llm.detokenize([llm.token_bos()], special=True).decode(),
+        eos_token=llm.detokenize([llm.token_eos()], special=True).decode(),
+    )
+    text = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return llm.tokenize(text.encode(), add_bos=False, special=True)
+
+
+def raw_run(llm, tokens: list[int], max_tokens: int) -> common.StreamResult:
+    """Greedy decode of exactly max_tokens tokens with `Llama.generate` (EOS ignored, not banned)."""
+    began = time.perf_counter()
+    result = common.StreamResult(status=200, sent_s=began)
+    generator = llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+    for _ in generator:
+        now = time.perf_counter() - began
+        if result.first_token_s is None:
+            result.first_token_s = now
+        result.last_token_s = now
+        result.chunks += 1
+        if result.chunks >= max_tokens:
+            break
+    generator.close()
+    result.completion_tokens = result.chunks
+    result.finish_reason = "length"
+    return result
+
+
+async def run(args) -> None:
+    model_path = args.model or common.default_model_path()
+    banned = common.end_of_generation_tokens(model_path)
+    llm = load_raw_engine(model_path, args.threads)
+    prompts = {p: prompt_tokens(llm, p) for p in common.PROMPTS}
+    server = common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT))
+    samples: dict[str, list[common.StreamResult]] = {"gallama": [], "raw": []}
+    server.start()
+    try:
+        async with httpx.AsyncClient(timeout=300) as client:
+            for warmup in common.PROMPTS[:2]:
+                await common.stream_chat(client, server.base_url, common.chat_payload(warmup, 16, banned))
+                raw_run(llm, prompts[warmup], 16)
+            for round_index in range(args.rounds):
+                for prompt in common.PROMPTS:
+                    # Alternate which goes first, so neither always runs right after the other's cache.
+                    order = ["gallama", "raw"] if round_index % 2 == 0 else ["raw", "gallama"]
+                    for engine in order:
+                        if engine == "gallama":
+                            payload = common.chat_payload(prompt, args.max_tokens, banned)
+                            result = await common.stream_chat(client, server.base_url, payload)
+                            if result.error or result.tokens != args.max_tokens:
+                                raise RuntimeError(f"gallama: {result.error or result.tokens} ({result.finish_reason})")
+                        else:
+                            result = raw_run(llm, prompts[prompt], args.max_tokens)
+                        samples[engine].append(result)
+                print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        server.stop()
+        llm.close()
+    report(args, samples, [len(t) for t in prompts.values()])
+
+
+def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: list[int]) -> None:
+    decode = {name: common.median([s.decode_tokens_per_s for s in runs]) for name, runs in samples.items()}
+    ttft = {name: common.median([s.first_token_s * 1000 for s in runs]) for name, runs in samples.items()}
+    added = [
+        (g.first_token_s - r.first_token_s) * 1000 for g, r in zip(samples["gallama"], samples["raw"])
+    ]
+    decode_ratio = common.ratio(decode["gallama"], decode["raw"])
+    added_ttft = ttft["gallama"] - ttft["raw"]
+    lines = [
+        f"| engine | decode tok/s (median) | TTFT ms (median) | TTFT ms (p95) |",
+        "|---|---|---|---|",
+    ]
+    for name, label in [("gallama", "gallama over HTTP"), ("raw", "llama-cpp-python `Llama` object")]:
+        p95 = common.percentile([s.first_token_s * 1000 for s in samples[name]], 95)
+        lines.append(f"| {label} | {common.fmt(decode[name])} | {common.fmt(ttft[name])} | {common.fmt(p95)} |")
+    table = "\n".join(lines)
+    verdict_decode = "met" if decode_ratio is not None and decode_ratio >= 0.95 else "missed"
+    verdict_ttft = "met" if added_ttft < 10 else "missed"
+    summary = (
+        f"- decode ratio gallama/raw: **{common.fmt(decode_ratio, 3)}** (goal >= 0.95: {verdict_decode})\n"
+        f"- added TTFT, difference of medians: **{common.fmt(added_ttft, 1)} ms**; median of paired differences "
+        f"{common.fmt(common.median(added), 1)} ms (goal < 10 ms: {verdict_ttft})"
+    )
+    print(table)
+    print(summary)
+    body = f"""
+Single-stream decode speed and time to first token of `gallama serve` over HTTP
+against llama-cpp-python's own `Llama` object in the same process as the client,
+on the same GGUF and prompt tokens (issue 2).
+
+- Date: {common.today()}
+- Machine: {common.machine_description()}; shared with other engineers' test runs,
+  so numbers are noisy: the two engines' runs alternate (round-robin, order
+  swapped every round) so both see the same conditions, and medians are reported.
+- Command: `python bench/engine_overhead.py --max-tokens {args.max_tokens} --rounds {args.rounds} --threads {args.threads}`
+- Versions: {common.versions("gallama", "llama-cpp-python", "fastapi", "uvicorn")}
+- Model: SmolLM2-135M-Instruct Q4_1 (the bundled default), {args.threads} threads, context 4096,
+  batch 512, flash attention on (llama.cpp's `auto` resolves to on here), all
+  engines without weight repacking (`use_extra_bufts = False`).
+- Work: {len(common.PROMPTS)} chat prompts ({min(prompt_lengths)}-{max(prompt_lengths)} prompt tokens
+  after the chat template) x {args.rounds} rounds per engine; temperature 0; exactly
+  {args.max_tokens} tokens each (gallama: end-of-generation tokens banned with
+  `logit_bias`; `Llama.generate`: its greedy sampler, the loop stops at the count).
+  Decode tok/s = (tokens - 1) / (last token time - first token time). TTFT: from
+  sending the request (gallama: HTTP, chat template, tokenization, prefill) or
+  calling `Llama.generate` with the tokens (raw: prefill only) to the first token.
+  Both reuse the KV cache of the shared chat-template prefix.
+
+{table}
+
+{summary}
+"""
+    common.write_section("Engine overhead: gallama vs the raw llama-cpp-python engine", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a GGUF file; default: the bundled SmolLM2-135M-Instruct")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    common.exit_on_sigterm()
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
