@@ -8,13 +8,14 @@ taking turns (round-robin) so that both see the same machine load:
   dynamic batching); the direct peer is 8 threads each calling `encode` on
   one input, and, as an upper bound, one `encode` of all of them.
 
-    python bench/embeddings.py [--threads 2] [--rounds 3] [--no-docs]
+    python bench/embeddings.py [--threads N] [--rounds 3] [--no-docs]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from gallama.bundled_models import DEFAULT_EMBEDDING_MODEL, locate  # noqa: E402
+from gallama.router.served_embedding_model import default_threads  # noqa: E402
 
 MODEL = DEFAULT_EMBEDDING_MODEL.name
 WORDS = (
@@ -94,7 +96,8 @@ def direct_threads(model, texts: list[str]) -> Callable[[], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for gallama's worker and for torch here")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads for gallama's worker and for torch here (default: gallama's, all cores but one)")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement (medians reported)")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
@@ -121,6 +124,7 @@ def main() -> None:
         ),
     }
     results: dict[str, tuple[float, float]] = {}
+    load_before = os.getloadavg()[0]
     try:
         server.start(timeout_s=300)
         client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused")
@@ -140,10 +144,10 @@ def main() -> None:
         peak = server.stop()
     print(f"gallama peak RSS (front and worker): {peak:.0f} MiB")
     if not args.no_docs:
-        write_docs(results, upper, peak, args)
+        write_docs(results, upper, peak, args, (load_before, os.getloadavg()[0]))
 
 
-def write_docs(results: dict[str, tuple[float, float]], upper: float, peak_mib: float, args) -> None:
+def write_docs(results: dict[str, tuple[float, float]], upper: float, peak_mib: float, args, load: tuple[float, float]) -> None:
     rows = "\n".join(
         f"| {name} | {ours:.1f} | {theirs:.1f} | {common.ratio(ours, theirs):.2f}x |" for name, (ours, theirs) in results.items()
     )
@@ -151,7 +155,7 @@ def write_docs(results: dict[str, tuple[float, float]], upper: float, peak_mib: 
 `python bench/embeddings.py --threads {args.threads} --rounds {args.rounds}` ({common.today()}).
 {common.machine_description()}; {common.versions("infinity-emb", "sentence-transformers", "torch")}.
 
-all-MiniLM-L6-v2 (bundled), {args.threads} torch threads on both sides, sentences of 8 to 24 words,
+all-MiniLM-L6-v2 (bundled), torch threads: {args.threads} on both sides, sentences of 8 to 24 words,
 medians of {args.rounds} interleaved rounds. gallama is measured through HTTP with the official
 `openai` client (base64 vectors, as it asks by default); sentence-transformers is `encode` called
 in-process (batch_size 32). For the concurrent row the direct peer is {CONCURRENCY} threads each calling
@@ -163,6 +167,8 @@ in-process (batch_size 32). For the concurrent row the direct peer is {CONCURREN
 
 sentence-transformers encoding the same 128 inputs in one call (the upper bound for the concurrent
 row): {upper:.1f}/s. gallama's peak RSS (front and embedding worker): {peak_mib:.0f} MiB.
+Load average before and after the run: {load[0]:.1f}, {load[1]:.1f} (other jobs shared the machine;
+the single-input row moves most between runs, 0.65x to 0.98x, as it pays HTTP per input).
 """
     common.write_section("Embeddings: /v1/embeddings against sentence-transformers", body)
 
