@@ -183,3 +183,17 @@ def test_models_lists_embedding_models(client):
     names = {model.id for model in client.models.list()}
     assert {DEFAULT_MODEL, GGUF_EMBEDDER} <= names
     assert (MINILM in names) == HAS_MINILM
+
+
+def test_gguf_engine_turns_away_inputs_beyond_its_queue(monkeypatch):
+    from gallama.engines import embedding_llama_cpp
+    from gallama.engines.base import EngineOverloaded
+
+    engine = embedding_llama_cpp.LlamaCppEmbeddingEngine(str(locate(DEFAULT_CHAT_MODEL)), n_threads=1)
+    try:
+        monkeypatch.setattr(embedding_llama_cpp, "MAX_QUEUED_INPUTS", 3)
+        with pytest.raises(EngineOverloaded):
+            asyncio.run(engine.embed(["a", "b", "c", "d"]))
+        assert asyncio.run(engine.embed(["a", "b", "c"])).shape == (3, engine.dimensions)
+    finally:
+        engine.close()

@@ -110,3 +110,21 @@ def test_plain_serve_adds_the_default_embedding_model_only_without_ids():
     assert plain[0] == ("SmolLM2-135M-Instruct", None)
     assert [name for _, name in plain[1:]] == (["all-MiniLM-L6-v2"] if default_embedding_model_available() else [])
     assert [spec.model_id for spec in _cli_specs(None, None, ["model_id=x"])] == ["x"]
+
+
+def test_a_full_queue_is_429_with_retry_after():
+    from fastapi.testclient import TestClient
+
+    from gallama.engines.base import EngineOverloaded
+    from gallama.server.app import create_app
+
+    class FullEngine(FakeEngine):
+        async def embed(self, items):
+            raise EngineOverloaded(retry_after_s=2)
+
+    registry = ModelRegistry()
+    registry.add(ServedEmbeddingModel(name="emb", engine=FullEngine()))
+    response = TestClient(create_app(registry)).post("/v1/embeddings", json={"model": "emb", "input": "hi"})
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from infinity_emb import AsyncEmbeddingEngine, EngineArgs  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from gallama.engines.base import EngineOverloaded  # noqa: E402
 from gallama.engines.embedding_base import EmbeddingInput, l2_normalize  # noqa: E402
 
 for _name in ("infinity_emb", "sentence_transformers"):  # one INFO line per load step otherwise
@@ -93,6 +94,8 @@ class InfinityEmbeddingEngine:
 
     async def embed(self, items: Sequence[EmbeddingInput]) -> np.ndarray:
         texts = [self._text(item) for item in items]
+        if self._engine.is_overloaded():
+            raise EngineOverloaded()
         self._in_flight += len(texts)
         try:
             future = asyncio.run_coroutine_threadsafe(self._engine.embed(sentences=texts), self._loop)

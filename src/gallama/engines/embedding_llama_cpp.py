@@ -21,6 +21,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from gallama.engines.base import EngineOverloaded
 from gallama.engines.embedding_base import EmbeddingInput, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's loa
 
 MAX_BATCH_TOKENS = 1024  # tokens in one decode: also the longest input
 MAX_BATCH_SEQUENCES = 32
+MAX_QUEUED_INPUTS = 8192  # beyond this a request is turned away (429) rather than queued
 
 
 class EmbeddingEngineError(RuntimeError):
@@ -134,13 +136,16 @@ class LlamaCppEmbeddingEngine:
         with self._lock:
             if self._closed:
                 raise EmbeddingEngineError("the engine is shut down")
+            if self.queue_depth + len(token_lists) > MAX_QUEUED_INPUTS:
+                raise EngineOverloaded()
             self._jobs.append(job)
             self._lock.notify()
         return l2_normalize(await result)
 
     @property
     def queue_depth(self) -> int:
-        return len(self._jobs)
+        """Inputs waiting for a decode."""
+        return sum(len(job.token_lists) - job.next_item for job in self._jobs)
 
     @property
     def running_sequences(self) -> int:
