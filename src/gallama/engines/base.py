@@ -43,6 +43,9 @@ class TokenEvent:
     # Set on the last event of a sequence: "stop" (end of generation token or the
     # constraint finished) or "length" (max_tokens reached).
     finish_reason: str | None = None
+    # On the last event: tokens drafted for speculative decoding, and how many the model kept.
+    drafted: int = 0
+    accepted: int = 0
 
 
 class EngineOverloaded(Exception):

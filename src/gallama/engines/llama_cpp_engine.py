@@ -28,6 +28,7 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 from llama_cpp import _internals
 
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
+from gallama.engines.ngram import NgramDrafter
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class _Sequence:
     pending: list[int] = field(default_factory=list)  # tokens not yet in the KV cache
     generated: int = 0
     cancelled: bool = False
+    drafter: NgramDrafter | None = None
+    drafts: list[int] = field(default_factory=list)  # drafted tokens in this step's batch
+    drafted: int = 0
+    accepted: int = 0
 
 
 class TokenStream:
@@ -122,7 +127,15 @@ class LlamaCppEngine:
         cache_quant: str | None = None,
         n_gpu_layers: int = 0,
         unified_kv: bool = False,
+        draft_mode: str | None = None,
+        num_draft_tokens: int = 5,
     ):
+        if draft_mode not in (None, "ngram"):
+            raise ValueError(f"unknown draft_mode {draft_mode!r}; this engine drafts with 'ngram' (prompt lookup)")
+        self.draft_mode = draft_mode
+        self.num_draft_tokens = num_draft_tokens
+        self.drafted_total = 0
+        self.accepted_total = 0
         self.model_path = model_path
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
@@ -231,6 +244,7 @@ class LlamaCppEngine:
             emit=emit,
             sampler=SequenceSampler(request.sampling, self.vocab_size),
             reservation=len(request.prompt_tokens) + request.max_tokens,
+            drafter=NgramDrafter(request.prompt_tokens) if self.draft_mode == "ngram" else None,
         )
         self._submit(sequence)
         return TokenStream(self, sequence, events)
@@ -353,15 +367,29 @@ class LlamaCppEngine:
         # free of prompt chunks makes a greedy answer the same alone and in a batch.
         decoding = [s for s in members if len(s.pending) == 1]
         prefilling = [s for s in members if len(s.pending) > 1]
+        for sequence in decoding:
+            self._draft(sequence)
         if decoding:
             self._decode(decoding)
         if prefilling:
             self._decode(prefilling)
 
+    def _draft(self, sequence: _Sequence) -> None:
+        """Appends drafted tokens after the sequence's next token, to be verified in the same decode."""
+        if sequence.drafter is None:
+            return
+        room = min(
+            self.num_draft_tokens,
+            sequence.request.max_tokens - sequence.generated - 1,
+            self.context_length - len(sequence.slot.cached) - 2,
+        )
+        sequence.drafts = sequence.drafter.propose(room)
+        sequence.pending.extend(sequence.drafts)
+
     def _decode(self, members: list[_Sequence]) -> None:
         batch = self._batch
         n = 0
-        outputs: list[tuple[_Sequence, int]] = []
+        outputs: list[tuple[_Sequence, list[int]]] = []  # a sequence and the batch rows of its logits
         fed: list[tuple[_Sequence, int]] = []
         for sequence in members:
             room = self._n_batch - n
@@ -369,17 +397,18 @@ class LlamaCppEngine:
                 break
             chunk = sequence.pending[:room]
             slot = sequence.slot
+            every = bool(sequence.drafts) and len(chunk) == len(sequence.pending)  # verify each draft
             for offset, token in enumerate(chunk):
                 batch.token[n] = token
                 batch.pos[n] = len(slot.cached) + offset
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = False
+                batch.logits[n] = every
                 n += 1
             fed.append((sequence, len(chunk)))
             if len(chunk) == len(sequence.pending):
                 batch.logits[n - 1] = True
-                outputs.append((sequence, n - 1))
+                outputs.append((sequence, list(range(n - len(chunk), n)) if every else [n - 1]))
         batch.n_tokens = n
         # The next-token masks depend only on what the matchers have consumed so
         # far, so llguidance computes them (in parallel, off the GIL) while
@@ -405,41 +434,78 @@ class LlamaCppEngine:
             sequence.slot.cached.extend(sequence.pending[:count])
             del sequence.pending[:count]
         mask_rows = {id(s): masks[i] for i, s in enumerate(constrained)}
-        for sequence, index in outputs:
-            self._sample(sequence, index, mask_rows.get(id(sequence)))
+        for sequence, rows in outputs:
+            self._sample(sequence, rows, mask_rows.get(id(sequence)))
 
-    def _sample(self, sequence: _Sequence, index: int, mask_row: np.ndarray | None) -> None:
-        request = sequence.request
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.vocab_size,))
-        allowed = None
-        if mask_row is not None:
-            allowed = np.unpackbits(mask_row.view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
-            if not allowed.any():
-                self._fail(sequence, EngineError(f"the constraint allows no token: {request.constraint.get_error()}"))
+    def _allowed(self, sequence: _Sequence, mask_row: np.ndarray | None, first: bool) -> np.ndarray | None:
+        constraint = sequence.request.constraint
+        if constraint is None:
+            return None
+        if not first:  # past a verified draft the matcher has moved on: a fresh mask
+            mask_row = np.frombuffer(constraint.compute_bitmask(), dtype=np.uint8)
+        return np.unpackbits(mask_row.view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
+
+    def _sample(self, sequence: _Sequence, rows: list[int], mask_row: np.ndarray | None) -> None:
+        """Samples the next token; with drafts, keeps each draft the model agrees with, then one more."""
+        drafts, sequence.drafts = sequence.drafts, []
+        valid = len(sequence.slot.cached) - len(drafts)  # KV cells that hold the sequence's real tokens
+        for position, row in enumerate(rows):
+            allowed = self._allowed(sequence, mask_row, first=position == 0)
+            if allowed is not None and not allowed.any():
+                error = sequence.request.constraint.get_error()
+                self._fail(sequence, EngineError(f"the constraint allows no token: {error}"))
                 return
-        token = sequence.sampler.choose(sequence.sampler.adjusted_logits(logits, allowed))
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self.vocab_size,))
+            adjusted = sequence.sampler.adjusted_logits(logits, allowed)
+            if position < len(drafts):
+                token, kept = sequence.sampler.verify_draft(adjusted, drafts[position])
+                sequence.drafted += 1
+                sequence.accepted += kept
+            else:
+                token, kept = sequence.sampler.choose(adjusted), False
+            if not self._emit(sequence, token, logits):
+                self._trim(sequence.slot, valid)
+                return
+            if not kept:
+                break
+            valid += 1
+        self._trim(sequence.slot, valid)  # drop the cells of drafts the model did not keep
+        sequence.pending = [token]
+
+    def _trim(self, slot: _Slot, length: int) -> None:
+        if len(slot.cached) > length:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, length, -1)
+            del slot.cached[length:]
+
+    def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray) -> bool:
+        """Sends one sampled token; False when the sequence ended (and was released)."""
+        request = sequence.request
         sequence.sampler.accept(token)
         sequence.generated += 1
-
+        if sequence.drafter is not None:
+            sequence.drafter.append(token)
         event = TokenEvent(token=token)
         if request.top_logprobs is not None:
             logprobs = log_softmax(logits)
             event.logprob = float(logprobs[token])
             event.top_logprobs = top_logprobs(logprobs, request.top_logprobs)
-
         finished = self.is_end_of_generation(token)
         if request.constraint is not None and not finished:
             if not request.constraint.consume_token(token):
                 self._fail(sequence, EngineError(f"the constraint rejected a token: {request.constraint.get_error()}"))
-                return
+                return False
             finished = request.constraint.is_stopped()
         if finished:
             event.finish_reason = "stop"
         elif sequence.generated >= request.max_tokens:
             event.finish_reason = "length"
-        sequence.emit(event)
         if event.finish_reason is not None:
+            event.drafted, event.accepted = sequence.drafted, sequence.accepted
             with self._lock:
+                self.drafted_total += sequence.drafted
+                self.accepted_total += sequence.accepted
                 self._release(sequence, keep_cache=True)
-        else:
-            sequence.pending = [token]
+            sequence.emit(event)
+            return False
+        sequence.emit(event)
+        return True

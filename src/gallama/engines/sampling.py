@@ -53,15 +53,13 @@ class SequenceSampler:
             logits = np.where(allowed, logits, -np.inf).astype(np.float32, copy=False)
         return logits
 
-    def choose(self, logits: np.ndarray) -> int:
-        """Picks a token from adjusted logits."""
+    def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens sampling may pick and their probabilities, after temperature, top-k, top-p, min-p."""
         p = self.params
-        if p.temperature <= 0.0:
-            return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / p.temperature
         best = scaled.max()
         if not np.isfinite(best):
-            return int(np.argmax(logits))
+            return np.array([int(np.argmax(logits))]), np.ones(1)
         # Tokens more than e^30 times less likely than the best carry no probability
         # worth sampling; dropping them first keeps the sort below small.
         candidates = np.flatnonzero(scaled >= best - NEGLIGIBLE_LOG_RATIO)
@@ -78,8 +76,37 @@ class SequenceSampler:
             keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
         if p.min_p > 0.0:
             keep = min(keep, max(1, int(np.count_nonzero(probs >= p.min_p * probs[0]))))
-        probs = probs[:keep] / probs[:keep].sum()
-        return int(candidates[self.rng.choice(keep, p=probs)])
+        return candidates[:keep], probs[:keep] / probs[:keep].sum()
+
+    def choose(self, logits: np.ndarray) -> int:
+        """Picks a token from adjusted logits."""
+        if self.params.temperature <= 0.0:
+            return int(np.argmax(logits))
+        candidates, probs = self.distribution(logits)
+        return int(candidates[self.rng.choice(probs.size, p=probs)])
+
+    def verify_draft(self, logits: np.ndarray, draft: int) -> tuple[int, bool]:
+        """Speculative sampling against a drafted token (a draft that proposes one token for sure).
+
+        Greedy: the draft stands if it is the argmax. Sampling: it stands with its
+        probability p(draft); otherwise the token comes from p without the draft,
+        which keeps the output distribution exactly the model's.
+        """
+        if self.params.temperature <= 0.0:
+            token = int(np.argmax(logits))
+            return token, token == draft
+        candidates, probs = self.distribution(logits)
+        hit = np.flatnonzero(candidates == draft)
+        p_draft = float(probs[hit[0]]) if hit.size else 0.0
+        if p_draft > 0.0 and self.rng.random() < p_draft:
+            return draft, True
+        if hit.size:
+            probs = probs.copy()
+            probs[hit[0]] = 0.0
+            if probs.sum() <= 0.0:
+                return draft, True
+            probs /= probs.sum()
+        return int(candidates[self.rng.choice(probs.size, p=probs)]), False
 
     def accept(self, token: int) -> None:
         self.generated_counts[token] += 1

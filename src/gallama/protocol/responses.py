@@ -16,12 +16,21 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, runs=()) -> dict:
+    """OpenAI's usage; with speculative decoding, drafted tokens in its prediction fields."""
+    result: dict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    drafted = sum(getattr(run, "drafted", 0) for run in runs)
+    if drafted:
+        accepted = sum(getattr(run, "accepted", 0) for run in runs)
+        result["completion_tokens_details"] = {
+            "accepted_prediction_tokens": accepted,
+            "rejected_prediction_tokens": drafted - accepted,
+        }
+    return result
 
 
 class ResponseHeader:

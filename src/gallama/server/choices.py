@@ -34,6 +34,7 @@ class ChoiceRun:
         self.spec = spec
         self.tokens = model.engine.generate(spec.request)
         self.completion_tokens = 0
+        self.drafted = self.accepted = 0  # speculative decoding: drafted tokens and those kept
 
     def cancel(self) -> None:
         self.tokens.cancel()
@@ -46,6 +47,8 @@ class ChoiceRun:
         try:
             async for event in self.tokens:
                 self.completion_tokens += 1
+                if event.finish_reason is not None:
+                    self.drafted, self.accepted = event.drafted, event.accepted
                 waiting.append(event)
                 eog = engine.is_end_of_generation(event.token)
                 text = cutter.feed("" if eog else utf8.feed(engine.token_bytes(event.token)))

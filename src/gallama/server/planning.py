@@ -113,26 +113,29 @@ def constraint_grammar(
     return grammar
 
 
-def choice_specs(
+def choice_spec(
     model: ServedModel,
     body: SamplingFields,
+    index: int,
     prompt_tokens: list[int],
     max_tokens: int,
     top_logprobs: int | None,
     stops: list[str],
     keep_stop: bool = False,
     grammar: str | None = None,
-) -> list[ChoiceSpec]:
-    specs = []
-    for index in range(body.n):
-        # n choices under one seed must differ from each other yet stay reproducible.
-        seed = None if body.seed is None else body.seed + index
-        request = GenerationRequest(
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            sampling=sampling_params(body, model.engine.vocab_size, seed),
-            top_logprobs=top_logprobs,
-            constraint=model.constraints.matcher(grammar) if grammar is not None else None,
-        )
-        specs.append(ChoiceSpec(request=request, stops=stops, keep_stop=keep_stop))
-    return specs
+) -> ChoiceSpec:
+    """The engine request of choice `index`."""
+    # n choices under one seed must differ from each other yet stay reproducible.
+    seed = None if body.seed is None else body.seed + index
+    request = GenerationRequest(
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        sampling=sampling_params(body, model.engine.vocab_size, seed),
+        top_logprobs=top_logprobs,
+        constraint=model.constraints.matcher(grammar) if grammar is not None else None,
+    )
+    return ChoiceSpec(request=request, stops=stops, keep_stop=keep_stop)
+
+
+def choice_specs(model: ServedModel, body: SamplingFields, *args, **kwargs) -> list[ChoiceSpec]:
+    return [choice_spec(model, body, index, *args, **kwargs) for index in range(body.n)]

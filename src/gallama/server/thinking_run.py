@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from gallama.agentic.thinking import close_open_tags
+from gallama.engines.base import EngineOverloaded
+from gallama.protocol.errors import RateLimited
 from gallama.router.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece
 
@@ -29,6 +31,14 @@ class ThinkingRun:
     def completion_tokens(self) -> int:
         return self._thinking.completion_tokens + (self._answer.completion_tokens if self._answer else 0)
 
+    @property
+    def drafted(self) -> int:
+        return self._thinking.drafted + (self._answer.drafted if self._answer else 0)
+
+    @property
+    def accepted(self) -> int:
+        return self._thinking.accepted + (self._answer.accepted if self._answer else 0)
+
     def cancel(self) -> None:
         self._cancelled = True
         self._thinking.cancel()
@@ -51,6 +61,9 @@ class ThinkingRun:
             held = close_open_tags(thought)
         thought += held
         yield ReasoningPiece(held)
-        self._answer = ChoiceRun(self.model, self._answer_spec(thought))
+        try:
+            self._answer = ChoiceRun(self.model, self._answer_spec(thought))
+        except EngineOverloaded as error:
+            raise RateLimited(str(error), error.retry_after_s) from error
         async for piece in self._answer.pieces():
             yield piece

@@ -19,7 +19,13 @@ from gallama.protocol.requests import ChatCompletionRequest, ChatMessage
 from gallama.protocol.responses import ResponseHeader, chat_logprobs, usage
 from gallama.router.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece, merge_choices, start_choices
-from gallama.server.planning import choice_specs, constraint_grammar, output_budget, requested_constraints
+from gallama.server.planning import (
+    choice_spec,
+    choice_specs,
+    constraint_grammar,
+    output_budget,
+    requested_constraints,
+)
 from gallama.server.sse import sse_response
 from gallama.server.thinking_run import ReasoningPiece, ThinkingRun
 
@@ -152,10 +158,9 @@ def start_thinking(
         def build(thought: str) -> ChoiceSpec:
             tokens = model.tokenize_prompt(answer_text + thought + "\n\n" + (body.leading_prompt or ""))
             limit = output_budget(model, tokens, answer_limit, "max_tokens")
-            spec = choice_specs(
-                model, body, tokens, limit, top_logprobs, body.stop_list(), body.return_stop_word, grammar
-            )[index]
-            return spec
+            return choice_spec(
+                model, body, index, tokens, limit, top_logprobs, body.stop_list(), body.return_stop_word, grammar
+            )
         return build
 
     runs: list[ThinkingRun] = []
@@ -302,7 +307,7 @@ async def complete(runs: list[ChoiceRun], outputs: list[ChoiceOutput], header: R
         }
         for i, output in enumerate(outputs)
     ]
-    return header.wrap(choices=choices, usage=usage(n_prompt, sum(r.completion_tokens for r in runs)))
+    return header.wrap(choices=choices, usage=usage(n_prompt, sum(r.completion_tokens for r in runs), runs))
 
 
 async def stream_chunks(
@@ -344,4 +349,4 @@ async def stream_chunks(
         elif piece.finish_reason is not None:
             yield chunk(index, {}, output.final_reason(piece.finish_reason))
     if include_usage:
-        yield header.wrap(choices=[], usage=usage(n_prompt, sum(r.completion_tokens for r in runs)))
+        yield header.wrap(choices=[], usage=usage(n_prompt, sum(r.completion_tokens for r in runs), runs))

@@ -90,7 +90,7 @@ async def complete(model, runs: list[ChoiceRun], header: ResponseHeader, echoes:
         }
         for i in range(len(runs))
     ]
-    return header.wrap(choices=choices, usage=usage(n_prompt, sum(r.completion_tokens for r in runs)))
+    return header.wrap(choices=choices, usage=usage(n_prompt, sum(r.completion_tokens for r in runs), runs))
 
 
 async def stream_chunks(
@@ -113,4 +113,4 @@ async def stream_chunks(
         if piece.finish_reason is not None:
             yield chunk(index, "", piece.finish_reason)
     if include_usage:
-        yield header.wrap(choices=[], usage=usage(n_prompt, sum(r.completion_tokens for r in runs)))
+        yield header.wrap(choices=[], usage=usage(n_prompt, sum(r.completion_tokens for r in runs), runs))
