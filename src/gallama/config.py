@@ -53,6 +53,8 @@ class ModelSpec(BaseModel):
     draft_gpus: list[float] | None = None
     draft_cache_size: int | None = Field(default=None, gt=0)
     draft_cache_quant: CacheQuant | None = None
+    draft_mode: Literal["ngram"] | None = None  # prompt-lookup speculative decoding, no draft model needed
+    num_draft_tokens: int | None = Field(default=None, gt=0, le=16)
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
 
@@ -213,9 +215,14 @@ def _check_backend(spec: ModelSpec) -> None:
             f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
             f"(it would need the package '{UNSUPPORTED_BACKENDS[spec.backend]}'); use a GGUF file with backend=llama_cpp"
         )
-    drafts = [key for key in VALID_KEYS if key.startswith("draft_") and getattr(spec, key) is not None]
+    drafts = [key for key in VALID_KEYS if key.startswith("draft_") and key != "draft_mode" and getattr(spec, key) is not None]
     if drafts:
-        raise SpecError(f"speculative decoding ({', '.join(drafts)}) is not supported by the {spec.backend} backend yet")
+        raise SpecError(
+            f"a draft model ({', '.join(drafts)}) is not supported yet; "
+            "draft_mode=ngram gives speculative decoding by prompt lookup without one"
+        )
+    if spec.draft_mode is not None and spec.backend != "llama_cpp":
+        raise SpecError(f"draft_mode needs the llama_cpp backend, not {spec.backend}")
     if spec.gpus and any(spec.gpus) and spec.backend == "llama_cpp":
         import llama_cpp  # only needed for this check
 

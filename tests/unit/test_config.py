@@ -119,10 +119,17 @@ def test_max_seq_len_sets_the_cache_or_must_agree_with_it(gguf):
         resolve(ModelSpec(model_id=str(gguf), max_seq_len=1024, max_sequences=4, cache_size=1000), {})
 
 
+def test_ngram_draft_mode_is_accepted(gguf):
+    spec = resolve(parse_spec_string(f"model_id={gguf} draft_mode=ngram num_draft_tokens=4"), {})
+    assert spec.draft_mode == "ngram" and spec.num_draft_tokens == 4
+    with pytest.raises(Exception, match="draft_mode"):
+        parse_spec_string(f"model_id={gguf} draft_mode=eagle")
+
+
 @pytest.mark.parametrize("extra, fragment", [
     ({"model_id": "/no/such/file.gguf"}, "is not a name in"),
     ({"backend": "exllama"}, "package 'exllamav2'"),
-    ({"draft_model_id": "small"}, "speculative decoding (draft_model_id)"),
+    ({"draft_model_id": "small"}, "a draft model (draft_model_id) is not supported yet"),
     ({"chat_template": "/no/such/template.jinja"}, "chat_template: no such file"),
 ])
 def test_unloadable_specs_say_why(gguf, extra, fragment):
