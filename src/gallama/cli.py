@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from gallama.server.guard import GuardSettings
 import uvicorn
 from rich.console import Console
 from rich.logging import RichHandler
@@ -79,6 +81,10 @@ def serve(
     cache_quant: Annotated[Optional[str], typer.Option(help="KV cache type: FP16, Q8, Q6, Q4.")] = None,
     chat_template: Annotated[Optional[Path], typer.Option(help="A Jinja chat template file to use instead of the model's.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    api_key: Annotated[list[str], typer.Option(envvar="GALLAMA_API_KEY", help="A key every /v1 request must send as 'Authorization: Bearer <key>' (repeatable; the variable takes a comma-separated list).")] = [],  # noqa: B006
+    admin_key: Annotated[list[str], typer.Option(envvar="GALLAMA_ADMIN_KEY", help="A key for /add_model and /remove_model (repeatable).")] = [],  # noqa: B006
+    cors_origin: Annotated[list[str], typer.Option(help="An origin allowed by CORS (repeatable); CORS is off without one.")] = [],  # noqa: B006
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 8.0,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
 
@@ -98,12 +104,19 @@ def serve(
     from gallama.router.pool import ModelPool
 
     pool = ModelPool(log_level="debug" if log_level == "debug" else "warning")
-    server_config = uvicorn.Config(create_front(pool, defaults), host=host, port=port, log_level=log_level.lower(),
+    guard = GuardSettings(api_keys=_split_keys(api_key), admin_keys=_split_keys(admin_key),
+                          max_body_bytes=int(max_body_mb * 1024 * 1024))
+    front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin)
+    server_config = uvicorn.Config(front, host=host, port=port, log_level=log_level.lower(),
                                    access_log=False, timeout_graceful_shutdown=5)
     # uvicorn's own loop choice (uvloop when installed), as uvicorn.run would make it.
     with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
         code = runner.run(_serve(pool, group_specs(specs), uvicorn.Server(server_config)))
     raise typer.Exit(code)
+
+
+def _split_keys(values: list[str]) -> list[str]:
+    return [key.strip() for value in values for key in value.split(",") if key.strip()]
 
 
 @app.command("worker", hidden=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
@@ -20,6 +21,7 @@ from gallama.protocol.requests import StrictModel
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
 from gallama.server.app import install_error_handlers
+from gallama.server.guard import Guard, GuardSettings, Metrics
 
 ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
 
@@ -45,7 +47,12 @@ class RemoveModelRequest(StrictModel):
     model: str
 
 
-def create_front(pool: ModelPool, spec_defaults: dict[str, Any] | None = None) -> FastAPI:
+def create_front(
+    pool: ModelPool,
+    spec_defaults: dict[str, Any] | None = None,
+    guard: GuardSettings | None = None,
+    cors_origins: list[str] | None = None,
+) -> FastAPI:
     # TCP_NODELAY: httpx writes headers and body separately, and Nagle plus delayed ACKs would hold the body 40 ms.
     transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None),
                                          socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
@@ -58,6 +65,9 @@ def create_front(pool: ModelPool, spec_defaults: dict[str, Any] | None = None) -
 
     app = FastAPI(title="gallama", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(Guard, settings=guard or GuardSettings(), metrics=Metrics())
+    if cors_origins:  # added last, so it runs first: preflight requests carry no key
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
 
     async def route(request: Request):
         body = await request.body()
