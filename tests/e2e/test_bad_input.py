@@ -85,3 +85,27 @@ def test_completion_errors(http):
 def test_unknown_route_and_method(http):
     assert_error(http.get("/v1/nothing"), 404)
     assert_error(http.get("/v1/chat/completions"), 405)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1' + b"0" * 40 + b"}",
+        b'{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+        b'{"model": "SmolLM2-135M-Instruct", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "\xff\xfe\xfa"}]}',
+        b'{"model": 12, "messages": {"role": "user"}}',
+        b"[]",
+        b"null",
+    ],
+    ids=["huge-number", "wrong-type", "deep-nesting", "invalid-utf8", "wrong-shapes", "array-body", "null-body"],
+)
+def test_hostile_bodies_are_4xx_error_objects(http, raw):
+    response = http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["message"]
+
+
+def test_megabyte_string_is_a_clear_400(http):
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "word " * 200_000}]}
+    assert_error(http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded")

@@ -29,7 +29,7 @@ ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/t
 def _model_of(body: bytes) -> str | None:
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # the worker's validation answers these
         return None
     model = payload.get("model") if isinstance(payload, dict) else None
     return model if isinstance(model, str) else None

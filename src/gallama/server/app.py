@@ -56,6 +56,11 @@ def install_error_handlers(app: FastAPI) -> None:
         code = "not_found" if error.status_code == 404 else None
         return _error(error.status_code, str(error.detail), code=code)
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, error: RecursionError):
+        # Only a client's absurdly nested JSON recurses this deep.
+        return _error(400, "The request body is nested too deeply.", code="nesting_too_deep")
+
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception):
         log.exception("unhandled error")
