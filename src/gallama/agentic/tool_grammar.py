@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+import llguidance
+
 from gallama.agentic.constraints import JSON_OPTIONS, ConstraintError, json_schema_grammar
 from gallama.agentic.tool_formats import ToolCallFormat
 
@@ -37,8 +39,13 @@ def arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_parameters(name: str, parameters: dict[str, Any]) -> None:
+    """Compiles the schema alone, so that an error names the tool rather than the whole grammar."""
     try:
-        json_schema_grammar(arguments_schema(parameters))
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            json_schema_grammar(arguments_schema(parameters))
+        )
+        if is_error:
+            raise ConstraintError(messages[0] if messages else "it does not compile")
     except ConstraintError as error:
         raise ConstraintError(f"the parameters of tool '{name}' are not a valid JSON schema: {error}") from error
 

@@ -1,0 +1,324 @@
+"""Structured output enforced token by token: JSON schema, regex, grammars, leading prompt, stop words."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import DEFAULT_MODEL
+
+ASK = [{"role": "user", "content": "Describe a person as JSON."}]
+
+SCHEMAS = {
+    "scalar_types": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer"},
+            "height": {"type": "number"},
+            "member": {"type": "boolean"},
+            "nothing": {"type": "null"},
+        },
+        "required": ["name", "age", "height", "member", "nothing"],
+        "additionalProperties": False,
+    },
+    "enum_and_const": {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "green", "blue"]},
+            "kind": {"const": "person"},
+            "level": {"enum": [1, 2, 3]},
+        },
+        "required": ["colour", "kind", "level"],
+        "additionalProperties": False,
+    },
+    "nested_with_bounded_arrays": {
+        "type": "object",
+        "properties": {
+            "address": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 15}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                "required": ["city", "zip"],
+                "additionalProperties": False,
+            },
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 2, "maxItems": 3},
+        },
+        "required": ["address", "tags"],
+        "additionalProperties": False,
+    },
+    "optional_properties": {
+        "type": "object",
+        "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 99}, "nickname": {"type": "string", "maxLength": 10}},
+        "required": ["id"],
+        "additionalProperties": False,
+    },
+    "formats": {
+        "type": "object",
+        "properties": {
+            "born": {"type": "string", "format": "date"},
+            "email": {"type": "string", "format": "email", "maxLength": 30},
+            "id": {"type": "string", "format": "uuid"},
+        },
+        "required": ["born", "email", "id"],
+        "additionalProperties": False,
+    },
+    "any_of_and_one_of": {
+        "type": "object",
+        "properties": {
+            "value": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 10}]},
+            "shape": {
+                "oneOf": [
+                    {"type": "object", "properties": {"circle": {"type": "number"}}, "required": ["circle"], "additionalProperties": False},
+                    {"type": "object", "properties": {"square": {"type": "integer"}}, "required": ["square"], "additionalProperties": False},
+                ]
+            },
+        },
+        "required": ["value", "shape"],
+        "additionalProperties": False,
+    },
+    "refs_and_defs": {
+        "$defs": {
+            "point": {
+                "type": "object",
+                "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                "required": ["x", "y"],
+                "additionalProperties": False,
+            }
+        },
+        "type": "object",
+        "properties": {"start": {"$ref": "#/$defs/point"}, "end": {"$ref": "#/$defs/point"}},
+        "required": ["start", "end"],
+        "additionalProperties": False,
+    },
+    "top_level_array": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 1, "maxItems": 4},
+}
+
+
+def schema_format(schema, name="answer"):
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_json_schema_output_validates(client, name):
+    schema = SCHEMAS[name]
+    for seed in (1, 2):
+        response = client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=ASK, max_tokens=200, temperature=0.7, seed=seed,
+            response_format=schema_format(schema),
+        )
+        choice = response.choices[0]
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), schema, format_checker=jsonschema.FormatChecker())
+
+
+def test_json_object_mode(client):
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ASK, max_tokens=150, temperature=0, response_format={"type": "json_object"}
+    )
+    if response.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(response.choices[0].message.content), dict)
+    else:  # cut off: the prefix must still be the start of an object
+        assert response.choices[0].message.content.startswith("{")
+
+
+def test_text_format_is_free(client):
+    free = client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK, max_tokens=10, temperature=0)
+    text = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ASK, max_tokens=10, temperature=0, response_format={"type": "text"}
+    )
+    assert free.choices[0].message.content == text.choices[0].message.content
+
+
+def test_openai_parse_helper_with_pydantic(client):
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=20)
+        population: int
+
+    completion = client.beta.chat.completions.parse(
+        model=DEFAULT_MODEL,
+        messages=[{"role": "user", "content": "Name a big city and its population."}],
+        response_format=City,
+        max_tokens=80,
+        temperature=0,
+    )
+    assert isinstance(completion.choices[0].message.parsed, City)
+
+
+def test_regex_pattern_whole_output(client):
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Give a phone number."}], max_tokens=30,
+        temperature=0.8, seed=4, extra_body={"regex_pattern": r"\(\d{3}\) \d{3}-\d{4}"},
+    )
+    assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", response.choices[0].message.content)
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_regex_prefix_then_free_text(client):
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Is water wet? Explain."}], max_tokens=30,
+        temperature=0, extra_body={"regex_prefix_pattern": r"(Yes|No)\."},
+    )
+    text = response.choices[0].message.content
+    assert re.match(r"(Yes|No)\.", text)
+    assert len(text) > 4  # generation went on past the prefix
+
+
+def test_guided_choice_and_grammars(client):
+    ask = [{"role": "user", "content": "Is the sky blue?"}]
+    choice = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=10, extra_body={"guided_choice": ["yes", "no", "maybe"]}
+    )
+    assert choice.choices[0].message.content in {"yes", "no", "maybe"}
+    lark = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=10, extra_body={"grammar": 'start: "Answer: " ("yes" | "no")'}
+    )
+    assert lark.choices[0].message.content in {"Answer: yes", "Answer: no"}
+    gbnf = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=10, extra_body={"guided_grammar": 'root ::= "A" [0-9] [0-9]'}
+    )
+    assert re.fullmatch(r"A\d\d", gbnf.choices[0].message.content)
+    regex = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=10, extra_body={"guided_regex": "[A-Z]{3}"}
+    )
+    assert re.fullmatch("[A-Z]{3}", regex.choices[0].message.content)
+
+
+def test_guided_json_vllm_name(client):
+    schema = SCHEMAS["enum_and_const"]
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ASK, max_tokens=60, extra_body={"guided_json": schema}
+    )
+    jsonschema.validate(json.loads(response.choices[0].message.content), schema)
+
+
+def test_leading_prompt_is_continued_not_returned(client):
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=10, temperature=0,
+        extra_body={"leading_prompt": "The capital of France is"},
+    )
+    text = response.choices[0].message.content
+    assert not text.startswith("The capital of France is")
+    assert "Paris" in text
+
+
+def test_stop_words_and_return_stop_word(client):
+    ask = [{"role": "user", "content": "Count from 1 to 10 separated by commas."}]
+    full = client.chat.completions.create(model=DEFAULT_MODEL, messages=ask, max_tokens=40, temperature=0)
+    assert "5" in full.choices[0].message.content
+    cut = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=40, temperature=0, extra_body={"stop_words": ["5"]}
+    )
+    kept = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ask, max_tokens=40, temperature=0,
+        extra_body={"stop_words": ["5"], "return_stop_word": True},
+    )
+    assert "5" not in cut.choices[0].message.content
+    assert kept.choices[0].message.content == cut.choices[0].message.content + "5"
+
+
+def test_completions_endpoint_constrained(client):
+    response = client.completions.create(
+        model=DEFAULT_MODEL, prompt="My favourite number is", max_tokens=10, extra_body={"regex_pattern": " [0-9]{2}"}
+    )
+    assert re.fullmatch(" [0-9]{2}", response.choices[0].text)
+
+
+def test_streaming_and_non_streaming_agree_under_a_seed(client):
+    kwargs = dict(
+        model=DEFAULT_MODEL, messages=ASK, max_tokens=120, temperature=0.9, seed=11,
+        response_format=schema_format(SCHEMAS["nested_with_bounded_arrays"]),
+    )
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices)
+    assert streamed == whole
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"regex_pattern": "(unclosed"}, "regex_pattern"),
+        ({"grammar": "start: undefined_rule"}, "grammar"),
+        ({"response_format": schema_format({"type": "no-such-type"})}, "response_format"),
+        ({"guided_json": "{not json"}, "guided_json"),
+        ({"guided_choice": []}, "guided_choice"),
+        ({"regex_pattern": "a", "response_format": {"type": "json_object"}}, None),
+        ({"response_format": {"type": "json_schema"}}, None),
+    ],
+)
+def test_bad_constraints_fail_closed(http, extra, param):
+    body = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 5, **extra}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    if param is not None:
+        assert error["param"] == param
+    if len([k for k in extra if k in ("regex_pattern", "response_format")]) == 2:
+        assert "regex_pattern" in error["message"] and "response_format" in error["message"]
+
+
+# -- property-based: generated schemas and regexes ---------------------------------
+
+leaf_schemas = st.one_of(
+    st.just({"type": "integer"}),
+    st.just({"type": "boolean"}),
+    st.builds(lambda n: {"type": "string", "maxLength": n}, st.integers(1, 12)),
+    st.builds(lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span}, st.integers(-50, 50), st.integers(0, 100)),
+    st.lists(st.sampled_from(["a", "b", "c", "dd", "eee"]), min_size=1, max_size=4, unique=True).map(lambda v: {"enum": v}),
+)
+keys = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
+
+
+def object_of(children):
+    return st.dictionaries(keys, children, min_size=1, max_size=3).flatmap(
+        lambda props: st.lists(st.sampled_from(sorted(props)), unique=True).map(
+            lambda required: {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+        )
+    )
+
+
+schemas = st.recursive(
+    leaf_schemas,
+    lambda children: st.one_of(
+        object_of(children),
+        st.builds(lambda items, n: {"type": "array", "items": items, "maxItems": n}, children, st.integers(0, 3)),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schema=schemas, seed=st.integers(0, 1000))
+def test_generated_schemas_always_validate(client, schema, seed):
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ASK, max_tokens=150, temperature=1.0, seed=seed,
+        response_format=schema_format(schema),
+    )
+    choice = response.choices[0]
+    if choice.finish_reason == "stop":
+        jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+regexes = st.lists(
+    st.sampled_from([r"[a-z]{1,4}", r"\d{2}", r"(yes|no)", r"-", r"[A-F0-9]{3}", r" ", r"x?y+z{0,2}"]), min_size=1, max_size=4
+).map("".join)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pattern=regexes, seed=st.integers(0, 1000))
+def test_generated_regexes_always_match(client, pattern, seed):
+    response = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=ASK, max_tokens=40, temperature=1.0, seed=seed,
+        extra_body={"regex_pattern": pattern},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop"  # every pattern here matches in far fewer than 40 tokens
+    assert re.fullmatch(pattern, choice.message.content), (pattern, choice.message.content)
