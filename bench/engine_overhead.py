@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -81,6 +83,8 @@ async def run(args) -> None:
     prompts = {p: prompt_tokens(llm, p) for p in common.PROMPTS}
     server = common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT))
     samples: dict[str, list[common.StreamResult]] = {"gallama": [], "raw": []}
+    busy: list[float] = []
+    cpu: dict[str, float] = defaultdict(float)
     server.start()
     try:
         async with httpx.AsyncClient(timeout=300) as client:
@@ -88,26 +92,59 @@ async def run(args) -> None:
                 await common.stream_chat(client, server.base_url, common.chat_payload(warmup, 16, banned))
                 raw_run(llm, prompts[warmup], 16)
             for round_index in range(args.rounds):
+                if args.quiet_wait > 0:
+                    busy.append(common.wait_for_quiet(args.quiet_cores, args.quiet_wait))
                 for prompt in common.PROMPTS:
                     # Alternate which goes first, so neither always runs right after the other's cache.
                     order = ["gallama", "raw"] if round_index % 2 == 0 else ["raw", "gallama"]
                     for engine in order:
                         if engine == "gallama":
                             payload = common.chat_payload(prompt, args.max_tokens, banned)
+                            before = thread_cpu(server.process.pid)
                             result = await common.stream_chat(client, server.base_url, payload)
+                            add_cpu(cpu, before, thread_cpu(server.process.pid), server.process.pid)
                             if result.error or result.tokens != args.max_tokens:
                                 raise RuntimeError(f"gallama: {result.error or result.tokens} ({result.finish_reason})")
                         else:
+                            before_raw = time.process_time()
                             result = raw_run(llm, prompts[prompt], args.max_tokens)
+                            cpu["raw engine (whole process)"] += time.process_time() - before_raw
                         samples[engine].append(result)
                 print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         server.stop()
         llm.close()
-    report(args, samples, [len(t) for t in prompts.values()])
+    report(args, samples, [len(t) for t in prompts.values()], busy, cpu)
 
 
-def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: list[int]) -> None:
+def thread_cpu(root: int) -> dict[tuple[int, int], float]:
+    """CPU seconds of every thread of a process tree, by (pid, tid)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in common.process_tree(root):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                found[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / ticks
+        except OSError:
+            pass
+    return found
+
+
+def add_cpu(cpu: dict[str, float], before: dict, after: dict, front: int) -> None:
+    """Splits gallama's CPU time: the front process, each worker's main (event loop) thread, the rest (engine + compute)."""
+    for (pid, tid), seconds in after.items():
+        spent = seconds - before.get((pid, tid), 0.0)
+        if pid == front:
+            cpu["gallama front process (HTTP, proxy)"] += spent
+        elif tid == pid:
+            cpu["gallama worker event loop thread (HTTP, template, SSE)"] += spent
+        else:
+            cpu["gallama worker engine and llama.cpp compute threads"] += spent
+
+
+def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: list[int], busy: list[float], cpu: dict[str, float]) -> None:
     decode = {name: common.median([s.decode_tokens_per_s for s in runs]) for name, runs in samples.items()}
     ttft = {name: common.median([s.first_token_s * 1000 for s in runs]) for name, runs in samples.items()}
     added = [
@@ -130,8 +167,20 @@ def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: 
         f"- added TTFT, difference of medians: **{common.fmt(added_ttft, 1)} ms**; median of paired differences "
         f"{common.fmt(common.median(added), 1)} ms (goal < 10 ms: {verdict_ttft})"
     )
+    tokens = {name: sum(r.tokens for r in runs) for name, runs in samples.items()}
+    cpu_lines = ["| where | CPU ms per generated token |", "|---|---|"]
+    for where, seconds in cpu.items():
+        count = tokens["raw"] if where.startswith("raw") else tokens["gallama"]
+        cpu_lines.append(f"| {where} | {1000 * seconds / max(count, 1):.2f} |")
+    cpu_table = "\n".join(cpu_lines)
     print(table)
     print(summary)
+    print(cpu_table)
+    load_note = (
+        f"CPU use by other work at the start of each round: median {common.fmt(common.median(busy), 2)} cores, "
+        f"max {common.fmt(max(busy), 2)} (each round waited up to {args.quiet_wait:.0f}s for under {args.quiet_cores} cores)."
+        if busy else "No waiting for a quiet machine (--quiet-wait 0)."
+    )
     body = f"""
 Single-stream decode speed and time to first token of `gallama serve` over HTTP
 against llama-cpp-python's own `Llama` object in the same process as the client,
@@ -141,7 +190,8 @@ on the same GGUF and prompt tokens (issue 2).
 - Machine: {common.machine_description()}; shared with other engineers' test runs,
   so numbers are noisy: the two engines' runs alternate (round-robin, order
   swapped every round) so both see the same conditions, and medians are reported.
-- Command: `python bench/engine_overhead.py --max-tokens {args.max_tokens} --rounds {args.rounds} --threads {args.threads}`
+  {load_note}
+- Command: `python bench/engine_overhead.py {" ".join(sys.argv[1:])}`
 - Versions: {common.versions("gallama", "llama-cpp-python", "fastapi", "uvicorn")}
 - Model: SmolLM2-135M-Instruct Q4_1 (the bundled default), {args.threads} threads, context 4096,
   batch 512, flash attention on (llama.cpp's `auto` resolves to on here), all
@@ -158,6 +208,12 @@ on the same GGUF and prompt tokens (issue 2).
 {table}
 
 {summary}
+
+CPU time (user + system) per generated token, from /proc, over the measured
+requests (prefill included); on a 2-core machine every CPU millisecond spent
+outside llama.cpp's compute threads competes with them:
+
+{cpu_table}
 """
     common.write_section("Engine overhead: gallama vs the raw llama-cpp-python engine", body)
 
@@ -168,6 +224,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for a quiet machine before each round (0: never)")
+    parser.add_argument("--quiet-cores", type=float, default=0.3, help="CPU use by others (cores) that counts as quiet")
     common.exit_on_sigterm()
     asyncio.run(run(parser.parse_args()))
 
