@@ -83,11 +83,3 @@ async def test_sampling_with_drafts_runs_and_is_seeded(engines):
     second, _ = await generate(speculative, tokens, temperature=0.7, seed=5)
     assert first == second
     assert last.drafted > 0 and last.accepted <= last.drafted
-
-
-async def test_batch_of_speculative_sequences(engines):
-    plain, speculative = engines
-    tokens = prompt(plain, f"Repeat this text exactly: {TEXT}")
-    expected, _ = await generate(plain, tokens, temperature=0)
-    results = await asyncio.gather(*[generate(speculative, tokens, temperature=0) for _ in range(2)])
-    assert [r[0] for r in results] == [expected, expected]
