@@ -205,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             f"data `{args.data.name}` ({len(questions)} questions, "
             f"{'first ' + str(args.limit) + ' per category' if args.limit else 'all'}), max_tokens {args.max_tokens}.",
             "",
+            "Each question goes to the server as OpenAI `tools` (BFCL's docs converted: dict->object, "
+            "float->number, tuple->array, any and unknown types->string, `.` in names->`_`, mapped back "
+            "before checking; Java/JavaScript parameters as strings in the language's syntax, as BFCL does), "
+            "`tool_choice` left to the server's default, temperature 0. Answers are scored with "
+            "`bench/bfcl_checker.py`, a reimplementation of BFCL's AST checker; a failed request counts as "
+            "wrong and is tallied by its error kind below. \"Well-formed\": the share of emitted calls whose "
+            "arguments parse as a JSON object, name a given tool and validate against its schema (`jsonschema`).",
+            "",
             f"Machine: {peers.machine_note()}.",
             "",
             "```",

@@ -53,14 +53,14 @@ def serving(server: common.Server) -> Iterator[Target]:
         _RUNNING.remove(server)
 
 
-def gallama(gguf: str, threads: int, context: int) -> common.Server:
-    """gallama with one sequence of `context` tokens, like llama-server -np 1 -c context."""
-    return common.gallama_server(gguf, threads, 1, "--cache-size", str(context))
+def gallama(gguf: str, threads: int, context: int, slots: int) -> common.Server:
+    """gallama with `slots` sequences of `context` tokens each, like llama-server -np slots."""
+    return common.gallama_server(gguf, threads, slots, "--cache-size", str(context * slots))
 
 
-def llama_server(binary: str, gguf: str, threads: int, context: int) -> common.Server:
+def llama_server(binary: str, gguf: str, threads: int, context: int, slots: int) -> common.Server:
     """llama.cpp's server with --jinja, its tool-calling and chat-template mode."""
-    server = common.llama_server(binary, gguf, threads, 1, context)
+    server = common.llama_server(binary, gguf, threads, slots, context)
     server.command.append("--jinja")
     return server
 
@@ -108,11 +108,12 @@ def add_arguments(parser, data_default: Path, data_help: str, max_tokens: int) -
                         help="start this llama-server binary on --gguf (--jinja --no-repack) and measure it")
     parser.add_argument("--gguf", help="GGUF for the started servers (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--context", type=int, default=8192, help="context tokens of the started servers")
+    parser.add_argument("--context", type=int, default=8192, help="context tokens per sequence of the started servers")
     parser.add_argument("--categories", help="comma-separated categories (default: all present)")
     parser.add_argument("--limit", type=int, help="at most this many items per category")
     parser.add_argument("--max-tokens", type=int, default=max_tokens)
-    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight per server")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="requests in flight per server; started servers get as many sequences")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--save", type=Path, help="write every item's outcome here (JSON)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
@@ -125,9 +126,10 @@ def plans(args, gguf: str) -> list[tuple[str, contextlib.AbstractContextManager[
     if args.base_url:
         out.append((args.label, contextlib.nullcontext(Target(args.label, args.base_url, args.model or SERVED_NAME))))
     if args.start_gallama:
-        out.append(("gallama", serving(gallama(gguf, args.threads, args.context))))
+        out.append(("gallama", serving(gallama(gguf, args.threads, args.context, args.concurrency))))
     if args.with_llama_server:
-        out.append(("llama-server", serving(llama_server(args.with_llama_server, gguf, args.threads, args.context))))
+        out.append(("llama-server", serving(llama_server(args.with_llama_server, gguf, args.threads, args.context,
+                                                         args.concurrency))))
     return out
 
 
@@ -143,7 +145,7 @@ def run_each(target: Target, items: list, ask, concurrency: int, timeout_s: floa
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for index, result in enumerate(pool.map(lambda item: ask(client, target, item), items), 1):
             results.append(result)
-            if index % 10 == 0 or index == len(items):
+            if index % 5 == 0 or index == len(items) or concurrency == 1:
                 print(f"[{target.label}] {index}/{len(items)} {noun}, {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return results
 
