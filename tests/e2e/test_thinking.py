@@ -95,7 +95,7 @@ def test_thinking_with_tools(client):
         "parameters": {"type": "object", "properties": {"start": {"type": "integer"}, "bought": {"type": "integer"},
                        "eaten": {"type": "integer"}}, "required": ["start", "bought", "eaten"]}}}]
     response = think(client, tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=120,
-                     extra={"return_thinking": True, "thinking_max_tokens": 200})
+                     extra={"return_thinking": True, "thinking_max_tokens": 400})
     message = response.choices[0].message
     assert_template_structure(message.reasoning_content)
     assert response.choices[0].finish_reason == "tool_calls"

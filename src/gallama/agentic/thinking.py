@@ -13,7 +13,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 REPEAT_HINT = re.compile(r"\b(more|repeat|as needed|additional)\b", re.IGNORECASE)
-TAG_TEXT = "/[^<&]*/"  # free text that cannot open or close a tag (nor break the XML with &)
+# Free text that cannot open or close a tag (nor break the XML with &), and is not
+# empty: a small model otherwise loops on empty elements.
+TAG_TEXT = r"/[^<&]*[^<&\s][^<&]*/"
+MAX_REPEATS = 8  # a repeating element appears at most this often, so the thinking ends
 
 
 class ThinkingTemplateError(ValueError):
@@ -58,7 +61,8 @@ class ThinkingTemplate:
                 repeats = following is not None and not isinstance(following.tag, str) and REPEAT_HINT.search(
                     following.text or ""
                 )
-                parts.append(f'({child_rule} "\\n")+' if repeats else f'{child_rule} "\\n"')
+                item = f'{child_rule} "\\n"'
+                parts.append(f"{item} " + " ".join([f"({item})?"] * (MAX_REPEATS - 1)) if repeats else item)
             rules.append(f'{name}: {opening} "\\n" {" ".join(parts)} {closing}')
             return name
 
