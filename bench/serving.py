@@ -200,6 +200,11 @@ def report(args, data: dict, peaks: dict[str, float], command: str) -> None:
             )
         ratio_lines = ratio_table
     goals = goal_lines(rows)
+    if data["busy"] and common.median(data["busy"]) > 0.5:
+        goals.append(
+            f"- **Not a clean run**: other work kept {common.fmt(common.median(data['busy']), 2)} of {os.cpu_count()} "
+            "cores busy (median), so every engine ran starved and these verdicts are not reliable."
+        )
     problems = sorted(set(data["problems"]))
     text_table, text_ratios = "\n".join(table), "\n".join(ratio_lines)
     print(text_table)
