@@ -21,6 +21,7 @@ from gallama.config import (
 )
 from gallama.protocol.errors import APIError
 from gallama.router.served_embedding_model import default_embedding_specs
+from gallama.server.graceful import GracefulServer
 
 app = typer.Typer(help="gallama: an OpenAI-compatible local LLM server for agentic work.", no_args_is_help=True)
 log = logging.getLogger("gallama")
@@ -47,7 +48,7 @@ def _cli_specs(model: Path | None, model_name: str | None, ids: list[str]) -> li
     return specs
 
 
-async def _serve(pool, groups: dict[str, list[ModelSpec]], server: uvicorn.Server) -> int:
+async def _serve(pool, groups: dict[str, list[ModelSpec]], server_config: uvicorn.Config, shutdown_grace: float) -> int:
     try:
         with Progress(SpinnerColumn(), TextColumn("loading {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -60,6 +61,8 @@ async def _serve(pool, groups: dict[str, list[ModelSpec]], server: uvicorn.Serve
         log.error(error.message)
         await pool.close()
         return 1
+    # SIGTERM: uvicorn stops accepting; the requests in flight get the grace period, then the workers end the rest.
+    server = GracefulServer(server_config, on_stop=lambda: pool.shutdown(shutdown_grace))
     try:
         await server.serve()
     finally:
@@ -85,6 +88,8 @@ def serve(
     admin_key: Annotated[list[str], typer.Option(envvar="GALLAMA_ADMIN_KEY", help="A key for /add_model and /remove_model (repeatable).")] = [],  # noqa: B006
     cors_origin: Annotated[list[str], typer.Option(help="An origin allowed by CORS (repeatable); CORS is off without one.")] = [],  # noqa: B006
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 8.0,
+    request_timeout: Annotated[Optional[float], typer.Option(help="Seconds a generation may take, queue wait included; past it, it ends with a 'request_timeout' error (per model: request_timeout=).")] = None,
+    shutdown_grace: Annotated[float, typer.Option(help="On SIGTERM, seconds the requests in flight get to finish before they end with an error.")] = 5.0,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
 
@@ -92,7 +97,8 @@ def serve(
     """
     _setup_logging(log_level)
     flags = {"threads": threads, "cache_size": cache_size, "unified_kv": unified_kv, "max_sequences": max_sequences,
-             "cache_quant": cache_quant, "chat_template": str(chat_template) if chat_template else None}
+             "cache_quant": cache_quant, "chat_template": str(chat_template) if chat_template else None,
+             "request_timeout": request_timeout}
     defaults = {key: value for key, value in flags.items() if value is not None}
     try:
         ensure_config()
@@ -107,11 +113,12 @@ def serve(
     guard = GuardSettings(api_keys=_split_keys(api_key), admin_keys=_split_keys(admin_key),
                           max_body_bytes=int(max_body_mb * 1024 * 1024))
     front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin)
+    # The workers end what is left once the grace period is over: a few seconds more cover that.
     server_config = uvicorn.Config(front, host=host, port=port, log_level=log_level.lower(),
-                                   access_log=False, timeout_graceful_shutdown=5)
+                                   access_log=False, timeout_graceful_shutdown=shutdown_grace + 5)
     # uvicorn's own loop choice (uvloop when installed), as uvicorn.run would make it.
     with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
-        code = runner.run(_serve(pool, group_specs(specs), uvicorn.Server(server_config)))
+        code = runner.run(_serve(pool, group_specs(specs), server_config, shutdown_grace))
     raise typer.Exit(code)
 
 

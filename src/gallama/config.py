@@ -55,6 +55,7 @@ class ModelSpec(BaseModel):
     draft_cache_quant: CacheQuant | None = None
     draft_mode: Literal["ngram"] | None = None  # prompt-lookup speculative decoding, no draft model needed
     num_draft_tokens: int | None = Field(default=None, gt=0, le=16)
+    request_timeout: float | None = Field(default=None, gt=0)  # seconds; a longer generation ends with an error
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
 

@@ -53,3 +53,22 @@ class ServiceUnavailable(APIError):
 
 def unsupported_parameter(name: str, why: str = "is not supported by this server") -> InvalidRequest:
     return InvalidRequest(f"The parameter '{name}' {why}.", param=name, code="unsupported_parameter")
+
+
+class RequestTimedOut(APIError):
+    # A 4xx, not 408 or 5xx: clients (the openai one included) retry those, and the same request would
+    # run into the same limit again.
+    status_code = 400
+
+    def __init__(self, timeout_s: float, tokens: int):
+        super().__init__(
+            f"The request ran past the server's request timeout of {timeout_s:g} s after {tokens} generated tokens "
+            "and was stopped; lower max_tokens or raise --request-timeout.",
+            param="max_tokens", code="request_timeout",
+        )
+
+
+class ServerShuttingDown(ServiceUnavailable):
+    def __init__(self):
+        super().__init__("The server is shutting down; this request was stopped. Retry on a running server.",
+                         code="server_shutting_down", headers={"Retry-After": "5"})

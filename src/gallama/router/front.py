@@ -20,6 +20,7 @@ from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound
 from gallama.protocol.requests import StrictModel
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
+from gallama.router.worker_metrics import scrape_workers
 from gallama.server.app import install_error_handlers
 from gallama.server.guard import Guard, GuardSettings, Metrics
 
@@ -65,7 +66,7 @@ def create_front(
 
     app = FastAPI(title="gallama", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(Guard, settings=guard or GuardSettings(), metrics=Metrics())
+    app.add_middleware(Guard, settings=guard or GuardSettings(), metrics=Metrics(lambda: scrape_workers(client, pool)))
     if cors_origins:  # added last, so it runs first: preflight requests carry no key
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
 

@@ -16,7 +16,7 @@ def load_llama_cpp(spec: ModelSpec) -> ServedModel:
         draft_mode=spec.draft_mode, num_draft_tokens=spec.num_draft_tokens or 5,
     )
     template = Path(spec.chat_template).read_text() if spec.chat_template else None
-    return ServedModel.from_engine(spec.model_name, engine, template_override=template)
+    return ServedModel.from_engine(spec.model_name, engine, template_override=template, request_timeout=spec.request_timeout)
 
 
 def load_embedding(spec: ModelSpec):

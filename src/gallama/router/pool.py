@@ -27,6 +27,7 @@ class ModelPool:
     def __init__(self, log_level: str = "warning"):
         self.groups: dict[str, ModelGroup] = {}
         self.log_level = log_level
+        self._closing: asyncio.Future | None = None
 
     def get(self, name: str) -> ModelGroup:
         group = self.groups.get(name)
@@ -66,13 +67,27 @@ class ModelPool:
         group = self.get(name)
         group.draining = True  # new requests for it now get a 404
         log.info("removing %s: waiting for %d requests in flight", name, group.outstanding)
-        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
-        while group.outstanding and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await _drained([group], DRAIN_TIMEOUT_S)
         await group.stop()
         del self.groups[name]
         log.info("removed %s", name)
 
+    async def shutdown(self, grace_s: float) -> None:
+        """Gives the requests in flight up to `grace_s` to finish, then stops every worker (which ends the rest)."""
+        busy = sum(group.outstanding for group in self.groups.values())
+        if busy:
+            log.info("shutting down: waiting up to %gs for %d requests in flight", grace_s, busy)
+        await _drained(list(self.groups.values()), grace_s)
+        await self.close()
+
     async def close(self) -> None:
-        await asyncio.gather(*(group.stop() for group in self.groups.values()))
+        if self._closing is None:  # once, however many callers ask
+            self._closing = asyncio.ensure_future(asyncio.gather(*(group.stop() for group in self.groups.values())))
+        await asyncio.shield(self._closing)
         self.groups.clear()
+
+
+async def _drained(groups: list[ModelGroup], timeout_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while any(group.outstanding for group in groups) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)

@@ -11,6 +11,7 @@ from gallama.agentic.chat_template import CHATML_TEMPLATE, ChatTemplate
 from gallama.agentic.constraints import ConstraintCompiler
 from gallama.agentic.tool_formats import ToolCallFormat, detect_format
 from gallama.engines.llama_cpp_engine import LlamaCppEngine
+from gallama.router.model_metrics import ModelMetrics
 
 
 @dataclass
@@ -18,10 +19,24 @@ class ServedModel:
     name: str
     engine: LlamaCppEngine
     template: ChatTemplate
+    request_timeout: float | None = None  # seconds a choice may take, queue wait included
     created: int = field(default_factory=lambda: int(time.time()))
+    runs: set = field(default_factory=set)  # the choices being generated (server.choices.ChoiceRun)
+    ending: Exception | None = None  # set at shutdown: the error every running or later choice ends with
+
+    def __post_init__(self) -> None:
+        self.metrics = ModelMetrics(self.engine)
+
+    def end_generations(self, error: Exception) -> None:
+        """Stops every choice being generated, and any started later, with `error` (shutdown)."""
+        self.ending = error
+        for run in list(self.runs):
+            run.interrupt(error)
 
     @classmethod
-    def from_engine(cls, name: str, engine: LlamaCppEngine, template_override: str | None = None) -> "ServedModel":
+    def from_engine(
+        cls, name: str, engine: LlamaCppEngine, template_override: str | None = None, request_timeout: float | None = None
+    ) -> "ServedModel":
         metadata = engine.metadata()
         source = template_override or metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
         template = ChatTemplate(
@@ -29,7 +44,7 @@ class ServedModel:
             bos_token=engine.token_text(engine.bos_token_id) if engine.bos_token_id >= 0 else "",
             eos_token=engine.token_text(engine.eos_token_id) if engine.eos_token_id >= 0 else "",
         )
-        return cls(name=name, engine=engine, template=template)
+        return cls(name=name, engine=engine, template=template, request_timeout=request_timeout)
 
     @cached_property
     def tool_format(self) -> ToolCallFormat:

@@ -18,9 +18,11 @@ import time
 import uvicorn
 
 from gallama.config import ModelSpec
+from gallama.protocol.errors import ServerShuttingDown
 from gallama.router.loading import load_served, memory_facts
 from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app
+from gallama.server.graceful import GracefulServer
 
 log = logging.getLogger("gallama.worker")
 
@@ -63,8 +65,16 @@ def run_worker(spec_json: str, log_level: str = "warning") -> int:
     })
     config = uvicorn.Config(create_app(registry), log_level=log_level, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=5)
+
+    async def end_generations() -> None:
+        # The front waits out its grace period before it stops a worker: whatever still runs ends now,
+        # with an error event, so that every response completes before the model is unloaded.
+        for model in registry.all():
+            if hasattr(model, "end_generations"):
+                model.end_generations(ServerShuttingDown())
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        GracefulServer(config, end_generations).run(sockets=[sock])
     finally:
         registry.close()
     return 0

@@ -6,7 +6,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gallama import __version__
@@ -75,4 +77,11 @@ def create_app(registry: ModelRegistry) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(embeddings.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        # One model per worker: its families, unlabelled; the front adds model and instance labels.
+        text = b"".join(generate_latest(m.metrics.registry) for m in registry.all() if hasattr(m, "metrics"))
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
     return app

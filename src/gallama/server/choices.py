@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from gallama.agentic.text_stream import StopStringCutter, Utf8Stream
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
-from gallama.protocol.errors import RateLimited
+from gallama.protocol.errors import RateLimited, RequestTimedOut
 from gallama.router.served_model import ServedModel
 
 
@@ -27,25 +28,64 @@ class ChoiceSpec:
 
 
 class ChoiceRun:
-    """A choice whose engine request is queued as soon as the run is made."""
+    """A choice whose engine request is queued as soon as the run is made.
 
-    def __init__(self, model: ServedModel, spec: ChoiceSpec):
+    It ends early with an APIError when it runs past the model's request timeout, or when
+    `interrupt` stops it (shutdown); either way its engine sequence is cancelled.
+    """
+
+    def __init__(self, model: ServedModel, spec: ChoiceSpec, deadline: float | None = None):
         self.model = model
         self.spec = spec
         self.tokens = model.engine.generate(spec.request)
         self.completion_tokens = 0
         self.drafted = self.accepted = 0  # speculative decoding: drafted tokens and those kept
+        self.queued_at = time.perf_counter()  # for the latency metrics (the loop's clock may tick in ms)
+        if deadline is None and model.request_timeout is not None:
+            deadline = asyncio.get_running_loop().time() + model.request_timeout
+        self.deadline = deadline  # loop time; a thinking choice's answer keeps its thinking's deadline
+        self.interruption: Exception | None = None
+        self._waiting: asyncio.Timeout | None = None
+        model.metrics.prompt_tokens.inc(len(spec.request.prompt_tokens))
+        model.runs.add(self)
+        if model.ending is not None:
+            self.interrupt(model.ending)
 
     def cancel(self) -> None:
         self.tokens.cancel()
+        self.model.runs.discard(self)
+
+    def interrupt(self, error: Exception) -> None:
+        """Ends the run with `error` at once, even while it waits for a token."""
+        self.interruption = error
+        if self._waiting is not None:
+            self._waiting.reschedule(asyncio.get_running_loop().time())
+
+    async def _next_event(self) -> TokenEvent | None:
+        if self.interruption is not None:
+            raise self.interruption
+        try:
+            # Scoped to this one wait (never across a yield), so the timeout only ever cancels the engine wait.
+            async with asyncio.timeout_at(self.deadline) as self._waiting:
+                return await anext(self.tokens)
+        except StopAsyncIteration:  # cancelled by the caller
+            return None
+        except TimeoutError:
+            raise self.interruption or RequestTimedOut(self.model.request_timeout, self.completion_tokens) from None
+        finally:
+            self._waiting = None
 
     async def pieces(self) -> AsyncIterator[Piece]:
-        engine = self.model.engine
+        engine, metrics = self.model.engine, self.model.metrics
         utf8 = Utf8Stream()
         cutter = StopStringCutter(self.spec.stops, keep_stop=self.spec.keep_stop)
         waiting: list[TokenEvent] = []
+        last = self.queued_at
         try:
-            async for event in self.tokens:
+            while (event := await self._next_event()) is not None:
+                now = time.perf_counter()
+                (metrics.time_per_token if self.completion_tokens else metrics.time_to_first_token).observe(now - last)
+                last = now
                 self.completion_tokens += 1
                 if event.finish_reason is not None:
                     self.drafted, self.accepted = event.drafted, event.accepted
@@ -65,6 +105,7 @@ class ChoiceRun:
                     yield Piece(text, waiting)
                     waiting = []
         finally:
+            metrics.generated_tokens.inc(self.completion_tokens)
             self.cancel()
 
 

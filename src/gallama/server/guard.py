@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -37,7 +38,10 @@ def _matches(candidate: str, keys: list[str]) -> bool:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The front's own request metrics, plus whatever `sources` collects at scrape time (the workers')."""
+
+    def __init__(self, sources: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.sources = sources
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gallama_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
@@ -46,8 +50,9 @@ class Metrics:
             "gallama_request_seconds", "Time to the end of the response", ["endpoint"], registry=self.registry
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    async def render(self) -> bytes:
+        text = generate_latest(self.registry)
+        return text + generate_latest(await self.sources()) if self.sources else text
 
 
 class Guard:
@@ -76,7 +81,7 @@ class Guard:
             if refusal is not None:
                 await self._error(send_with_id, *refusal)
             elif path == "/metrics":
-                await self._plain(send_with_id, self.metrics.render(), CONTENT_TYPE_LATEST)
+                await self._plain(send_with_id, await self.metrics.render(), CONTENT_TYPE_LATEST)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:

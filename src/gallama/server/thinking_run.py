@@ -62,7 +62,7 @@ class ThinkingRun:
         thought += held
         yield ReasoningPiece(held)
         try:
-            self._answer = ChoiceRun(self.model, self._answer_spec(thought))
+            self._answer = ChoiceRun(self.model, self._answer_spec(thought), deadline=self._thinking.deadline)
         except EngineOverloaded as error:
             raise RateLimited(str(error), error.retry_after_s) from error
         async for piece in self._answer.pieces():

@@ -1,0 +1,43 @@
+"""The workers' metrics in the front's /metrics: each worker's families, scraped and merged, labelled by
+model and instance."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from gallama.router.pool import ModelPool
+
+
+class _Families:
+    """A registry-shaped holder, for generate_latest."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+async def _scrape(client: httpx.AsyncClient, base_url: str) -> str:
+    try:
+        response = await client.get(f"{base_url}/metrics", timeout=2)
+    except httpx.HTTPError:
+        return ""  # a worker that is restarting shows up at the next scrape
+    return response.text if response.status_code == 200 else ""
+
+
+async def scrape_workers(client: httpx.AsyncClient, pool: ModelPool) -> _Families:
+    instances = [(group.name, instance) for group in list(pool.groups.values()) for instance in group.instances
+                 if instance.status == "ready"]
+    texts = await asyncio.gather(*(_scrape(client, instance.base_url) for _, instance in instances))
+    merged: dict[str, Metric] = {}  # one family per name, whatever the number of workers
+    for (model, instance), text in zip(instances, texts):
+        for family in text_string_to_metric_families(text):
+            target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            labels = {"model": model, "instance": str(instance.index)}
+            target.samples.extend(sample._replace(labels={**sample.labels, **labels}) for sample in family.samples)
+    return _Families(list(merged.values()))
