@@ -109,3 +109,36 @@ def test_hostile_bodies_are_4xx_error_objects(http, raw):
 def test_megabyte_string_is_a_clear_400(http):
     body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "word " * 200_000}]}
     assert_error(http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded")
+
+
+M = b'"model": "SmolLM2-135M-Instruct"'
+
+
+@pytest.mark.parametrize(
+    "path, raw",
+    [
+        ("/v1/chat/completions", b"{" + M + b', "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'),
+        ("/v1/chat/completions", b"{" + M + b', "messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}'),
+        ("/v1/chat/completions", b"{" + M + b', "messages": [{"role": "user", "content": "hi"}], "n": 1000000000}'),
+        ("/v1/chat/completions", b"{" + M + b', "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}'),
+        ("/v1/chat/completions", b"{" + M + b', "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1' + b"9" * 30 + b'": 5}}'),
+        ("/v1/chat/completions", b"{" + M + b', "messages": [{"role": "user", "content": "hi"}], "tools": ' + b'[{"type": "function", "function": {"name": "f", "parameters": ' + b'{"type": "object", "properties": {"a": ' * 400 + b"{}" + b"}}" * 400 + b"}}]}"),
+        ("/v1/completions", b"{" + M + b', "prompt": [[-1, 5]], "max_tokens": 2}'),
+        ("/v1/completions", b"{" + M + b', "prompt": [1e400], "max_tokens": 2}'),
+        ("/v1/completions", b"{" + M + b', "prompt": "' + b"\xc3\x28" * 1000 + b'"}'),
+        ("/v1/completions", b"{" + M + b', "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}"),
+        ("/v1/embeddings", b"{" + M + b', "input": ' + b"[" * 3000 + b"]" * 3000 + b"}"),
+        ("/v1/embeddings", b"{" + M + b', "input": [[-7]]}'),
+        ("/tokenize", b"{" + M + b', "content": 12345}'),
+        ("/detokenize", b"{" + M + b', "tokens": [' + b"9" * 40 + b"]}"),
+        ("/detokenize", b"{" + M + b', "tokens": "not a list"}'),
+        ("/v1/chat/completions", b'{"model": "' + b"m" * 1_000_000 + b'", "messages": [{"role": "user", "content": "hi"}]}'),
+    ],
+    ids=["nan", "infinity", "huge-n", "negative-max-tokens", "huge-logit-bias-key", "deep-tool-schema",
+         "negative-token-id", "float-overflow-token", "invalid-utf8-prompt", "deep-prompt", "deep-embedding-input",
+         "negative-embedding-token", "wrong-type-content", "huge-token-id", "wrong-type-tokens", "megabyte-model-name"],
+)
+def test_hostile_bodies_on_every_endpoint_are_4xx(http, path, raw):
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text[:500]
+    assert response.json()["error"]["message"]

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
@@ -21,7 +22,8 @@ from gallama.protocol.requests import StrictModel
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
 from gallama.router.worker_metrics import scrape_workers
-from gallama.server.app import install_error_handlers
+from gallama.router.registry import ModelRegistry
+from gallama.server.app import create_app, install_error_handlers
 from gallama.server.guard import Guard, GuardSettings, Metrics
 
 ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
@@ -85,6 +87,18 @@ def create_front(
 
     # Plain Starlette routes: FastAPI's per-request dependency and validation machinery is pure overhead here.
     app.router.routes.extend(Route(path, route, methods=["POST"]) for path in ROUTED_PATHS)
+
+    def openapi() -> dict:
+        # The routed paths are plain routes here: their operations and request bodies are the workers' own.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            worker = create_app(ModelRegistry()).openapi()
+            schema["paths"].update({path: ops for path, ops in worker["paths"].items() if path in ROUTED_PATHS})
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(worker["components"]["schemas"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.get("/v1/models")
     async def list_models():

@@ -47,7 +47,7 @@ class ServedEmbeddingModel:
         self.check_dimensions(dimensions)
         limit = self.token_limit(truncate_to)
         for index, item in enumerate(inputs):
-            if not isinstance(item, str) and any(t >= self.engine.vocab_size for t in item):
+            if not isinstance(item, str) and any(not 0 <= t < self.engine.vocab_size for t in item):
                 raise InvalidRequest(
                     f"input {index} has a token id outside the vocabulary of '{self.name}' (size {self.engine.vocab_size})",
                     param="input",

@@ -22,7 +22,7 @@ def prompt_tokens_of(model: ServedModel, prompt: str | list[int]) -> list[int]:
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         return model.tokenize_prompt(prompt)
-    if any(t >= model.engine.vocab_size for t in prompt):
+    if any(not 0 <= t < model.engine.vocab_size for t in prompt):
         raise InvalidRequest(f"prompt has a token id outside the vocabulary (size {model.engine.vocab_size})", param="prompt")
     return list(prompt)
 
