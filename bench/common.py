@@ -114,6 +114,11 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def rss_mib(pids: list[int]) -> float:
+    """The summed resident memory of these processes, in MiB."""
+    return sum(_proc_kib(p, "VmRSS") for p in pids) / 1024
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process tree's live processes."""
     total = 0
@@ -144,7 +149,7 @@ class PeakRSS:
 
     def sample(self) -> None:
         pids = process_tree(self.pid)
-        rss = sum(_proc_kib(p, "VmRSS") for p in pids)
+        rss = rss_mib(pids) * 1024
         if len(pids) == 1:
             rss = max(rss, _proc_kib(self.pid, "VmHWM"))
         self.peak_kib = max(self.peak_kib, rss)
