@@ -216,21 +216,44 @@ def _check_backend(spec: ModelSpec) -> None:
             f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
             f"(it would need the package '{UNSUPPORTED_BACKENDS[spec.backend]}'); use a GGUF file with backend=llama_cpp"
         )
-    drafts = [key for key in VALID_KEYS if key.startswith("draft_") and key != "draft_mode" and getattr(spec, key) is not None]
-    if drafts:
-        raise SpecError(
-            f"a draft model ({', '.join(drafts)}) is not supported yet; "
-            "draft_mode=ngram gives speculative decoding by prompt lookup without one"
-        )
-    if spec.draft_mode is not None and spec.backend != "llama_cpp":
-        raise SpecError(f"draft_mode needs the llama_cpp backend, not {spec.backend}")
-    if spec.gpus and any(spec.gpus) and spec.backend == "llama_cpp":
-        import llama_cpp  # only needed for this check
+    _check_speculation(spec)
+    if spec.backend == "llama_cpp":
+        for key in ("gpus", "draft_gpus"):
+            _check_gpus(key, getattr(spec, key))
 
-        if not llama_cpp.llama_supports_gpu_offload():
-            raise SpecError("this llama.cpp build runs on CPU only: leave out 'gpus' or give 0")
-        if sum(1 for gb in spec.gpus if gb) > 1:
-            raise SpecError("splitting one model over several GPUs is not supported yet: give one non-zero entry in 'gpus'")
+
+DRAFT_MODEL_KEYS = ("draft_model_name", "draft_gpus", "draft_cache_size", "draft_cache_quant")
+
+
+def _check_speculation(spec: ModelSpec) -> None:
+    if (spec.draft_mode or spec.draft_model_id) and spec.backend != "llama_cpp":
+        raise SpecError(f"speculative decoding needs the llama_cpp backend, not {spec.backend}")
+    if spec.draft_mode and spec.draft_model_id:
+        raise SpecError("give either draft_model_id (a draft model) or draft_mode=ngram (prompt lookup), not both")
+    orphans = [key for key in DRAFT_MODEL_KEYS if getattr(spec, key) is not None]
+    if orphans and not spec.draft_model_id:
+        raise SpecError(f"{', '.join(orphans)} configure a draft model: give draft_model_id too")
+
+
+def _check_gpus(key: str, gpus: list[float] | None) -> None:
+    if not gpus or not any(gpus):
+        return
+    import llama_cpp  # only needed for this check
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        raise SpecError(f"this llama.cpp build runs on CPU only: leave out '{key}' or give 0")
+    if sum(1 for gb in gpus if gb) > 1:
+        raise SpecError(f"splitting one model over several GPUs is not supported yet: give one non-zero entry in '{key}'")
+
+
+def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec]) -> str:
+    """A draft model given as a config name, a GGUF file or folder, or the bundled model -> its GGUF path."""
+    if draft_model_id in config:
+        draft_model_id = config[draft_model_id].model_id
+    path, backend, _ = _locate(draft_model_id)
+    if backend != "llama_cpp":
+        raise SpecError(f"draft_model_id '{draft_model_id}' is not a GGUF model")
+    return str(path)
 
 
 def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None) -> ModelSpec:
@@ -254,6 +277,8 @@ def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, A
     merged.setdefault("backend", implied_backend)
     merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
     merged.setdefault("max_sequences", DEFAULT_MAX_SEQUENCES)
+    if merged.get("draft_model_id"):
+        merged["draft_model_id"] = _locate_draft(merged["draft_model_id"], config)
     if merged.get("chat_template"):
         template = Path(merged["chat_template"]).expanduser()
         if not template.is_file():

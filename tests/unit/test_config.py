@@ -126,10 +126,18 @@ def test_ngram_draft_mode_is_accepted(gguf):
         parse_spec_string(f"model_id={gguf} draft_mode=eagle")
 
 
+def test_draft_model_resolves_like_a_model_id(gguf):
+    config = {"small": ModelSpec(model_id=str(gguf))}
+    spec = resolve(parse_spec_string(f"model_id={gguf} draft_model_id=small num_draft_tokens=3"), config)
+    assert spec.draft_model_id == str(gguf.resolve()) and spec.num_draft_tokens == 3
+
+
 @pytest.mark.parametrize("extra, fragment", [
     ({"model_id": "/no/such/file.gguf"}, "is not a name in"),
     ({"backend": "exllama"}, "package 'exllamav2'"),
-    ({"draft_model_id": "small"}, "a draft model (draft_model_id) is not supported yet"),
+    ({"draft_model_id": "/no/such/draft.gguf"}, "is not a name in"),
+    ({"draft_cache_size": 512}, "draft_cache_size configure a draft model: give draft_model_id too"),
+    ({"draft_model_id": "SmolLM2-135M-Instruct", "draft_mode": "ngram"}, "not both"),
     ({"chat_template": "/no/such/template.jinja"}, "chat_template: no such file"),
 ])
 def test_unloadable_specs_say_why(gguf, extra, fragment):

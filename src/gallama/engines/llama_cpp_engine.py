@@ -10,7 +10,6 @@ ctypes releases the GIL inside `llama_decode`, so the HTTP loop keeps serving.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import threading
@@ -25,22 +24,17 @@ import llguidance
 import llguidance.numpy
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
-from llama_cpp import _internals
 
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
+from gallama.engines.draft_model import DraftModel
+from gallama.engines.llama_cpp_setup import load_model, new_context, token_pieces
 from gallama.engines.ngram import NgramDrafter
+from gallama.engines.prefix import common_prefix_length
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
+from gallama.engines.token_batch import TokenBatch
 
 log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
-
-KV_CACHE_TYPES = {
-    "FP16": llama_cpp.GGML_TYPE_F16,
-    "Q8": llama_cpp.GGML_TYPE_Q8_0,
-    "Q6": llama_cpp.GGML_TYPE_Q8_0,  # llama.cpp has no 6-bit KV type; Q8_0 is the nearest that is not smaller
-    "Q4": llama_cpp.GGML_TYPE_Q4_0,
-}
-
 
 DEFAULT_SEQUENCE_CONTEXT = 4096
 
@@ -106,14 +100,6 @@ class TokenStream:
             self._engine._cancel(self._sequence)
 
 
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class LlamaCppEngine:
     def __init__(
         self,
@@ -129,48 +115,45 @@ class LlamaCppEngine:
         unified_kv: bool = False,
         draft_mode: str | None = None,
         num_draft_tokens: int = 5,
+        draft_model_path: str | None = None,
+        draft_cache_size: int | None = None,
+        draft_cache_quant: str | None = None,
+        draft_n_gpu_layers: int = 0,
     ):
         if draft_mode not in (None, "ngram"):
             raise ValueError(f"unknown draft_mode {draft_mode!r}; this engine drafts with 'ngram' (prompt lookup)")
-        self.draft_mode = draft_mode
+        if draft_mode and draft_model_path:
+            raise ValueError("give either a draft model or draft_mode='ngram', not both")
+        self.draft_mode = "model" if draft_model_path else draft_mode
         self.num_draft_tokens = num_draft_tokens
         self.drafted_total = 0
         self.accepted_total = 0
         self.model_path = model_path
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = n_gpu_layers
-        # The CPU's AMX weight-repacking buffers crash llama_decode on multi-token
-        # batches with this build (seen on Sapphire Rapids); plain buffers are safe.
-        model_params.use_extra_bufts = False
-        self._model = _internals.LlamaModel(path_model=model_path, params=model_params, verbose=False)
+        self._model = load_model(model_path, n_gpu_layers)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self.vocab_size = self._model.n_vocab()
-        self._pieces = [self._piece(t, special=False) for t in range(self.vocab_size)]
+        self._pieces = token_pieces(self._model, special=False)
+        self._special_pieces = token_pieces(self._model, special=True)
 
         threads = n_threads or os.cpu_count() or 1
-        ctx_params = llama_cpp.llama_context_default_params()
         per_sequence = min(self._model.n_ctx_train(), DEFAULT_SEQUENCE_CONTEXT)
-        ctx_params.n_ctx = cache_size or per_sequence * (1 if unified_kv else max_sequences)
-        ctx_params.n_batch = n_batch
-        ctx_params.n_ubatch = n_batch
-        ctx_params.n_seq_max = max_sequences
-        ctx_params.n_threads = threads
-        ctx_params.n_threads_batch = threads
-        # Per-sequence KV streams (the default) keep each sequence's cache laid out
-        # the same whether it runs alone or in a batch, which makes greedy output
-        # batch-invariant; a unified cache lets one long sequence use the whole
-        # budget but changes numerics with the batch's cache layout.
-        ctx_params.kv_unified = unified_kv
-        ctx_params.no_perf = True
-        if cache_quant:
-            ctx_params.type_k = ctx_params.type_v = KV_CACHE_TYPES[cache_quant]
-        self._ctx = _internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
+        self._ctx = new_context(
+            self._model, n_ctx=cache_size or per_sequence * (1 if unified_kv else max_sequences),
+            max_sequences=max_sequences, n_threads=threads, n_batch=n_batch, unified_kv=unified_kv,
+            cache_quant=cache_quant,
+        )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
         self._unified_kv = unified_kv
-        self._n_batch = n_batch
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._batch = TokenBatch(n_batch)
+        self._draft_model = None
+        if draft_model_path:
+            self._draft_model = DraftModel(
+                draft_model_path, main_pieces=self._special_pieces, max_sequences=max_sequences,
+                context_length=self.context_length, cache_size=draft_cache_size, cache_quant=draft_cache_quant,
+                n_threads=threads, n_batch=n_batch, n_gpu_layers=draft_n_gpu_layers,
+            )
 
         self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]
         self._free_slots: deque[_Slot] = deque(self._slots)  # least recently used first
@@ -189,18 +172,13 @@ class LlamaCppEngine:
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
-    def _piece(self, token: int, special: bool) -> bytes:
-        buffer = ctypes.create_string_buffer(256)
-        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
-        return buffer.raw[: max(length, 0)]
-
     def token_bytes(self, token: int) -> bytes:
         """The token's bytes as output text; control tokens are empty."""
         return self._pieces[token]
 
     def token_text(self, token: int) -> str:
         """The token's text including control tokens (for chat template variables)."""
-        return self._piece(token, special=True).decode("utf-8", errors="replace")
+        return self._special_pieces[token].decode("utf-8", errors="replace")
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
@@ -279,7 +257,8 @@ class LlamaCppEngine:
             self._lock.notify()
         self._thread.join(timeout=10)
         self._mask_pool.shutdown()
-        llama_cpp.llama_batch_free(self._batch)
+        if self._draft_model is not None:
+            self._draft_model.close()
         self._ctx.close()
         self._model.close()
 
@@ -325,7 +304,7 @@ class LlamaCppEngine:
         while self._waiting and self._free_slots:
             sequence = self._waiting[0]
             prompt = sequence.request.prompt_tokens
-            slot = max(self._free_slots, key=lambda s: _common_prefix_length(s.cached, prompt))
+            slot = max(self._free_slots, key=lambda s: common_prefix_length(s.cached, prompt))
             # Evict idle caches, least recently used first, until the reservation fits.
             for victim in [s for s in self._free_slots if s is not slot]:
                 if self._fits(sequence, slot):
@@ -334,11 +313,15 @@ class LlamaCppEngine:
             if not self._fits(sequence, slot):
                 return  # wait for running sequences to finish
             # Keep at least one prompt token to decode so that the step yields logits.
-            reused = min(_common_prefix_length(slot.cached, prompt), len(prompt) - 1)
+            reused = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)
             self._waiting.popleft()
             self._free_slots.remove(slot)
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
             del slot.cached[reused:]
+            if self._draft_model is not None:
+                # The draft reuses what the main model reuses and no more, so that a
+                # repeated request drafts (and so samples) the same way each time.
+                self._draft_model.truncate(slot.seq_id, reused)
             sequence.slot = slot
             sequence.pending = list(prompt[reused:])
             self._running.append(sequence)
@@ -351,6 +334,8 @@ class LlamaCppEngine:
     def _clear_slot(self, slot: _Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
         slot.cached.clear()
+        if self._draft_model is not None:
+            self._draft_model.truncate(slot.seq_id, 0)
 
     def _release(self, sequence: _Sequence, keep_cache: bool) -> None:
         if sequence not in self._running:
@@ -367,49 +352,48 @@ class LlamaCppEngine:
         # free of prompt chunks makes a greedy answer the same alone and in a batch.
         decoding = [s for s in members if len(s.pending) == 1]
         prefilling = [s for s in members if len(s.pending) > 1]
-        for sequence in decoding:
-            self._draft(sequence)
+        if decoding and self.draft_mode:
+            self._draft(decoding)
         if decoding:
             self._decode(decoding)
         if prefilling:
             self._decode(prefilling)
 
-    def _draft(self, sequence: _Sequence) -> None:
-        """Appends drafted tokens after the sequence's next token, to be verified in the same decode."""
-        if sequence.drafter is None:
-            return
-        room = min(
-            self.num_draft_tokens,
-            sequence.request.max_tokens - sequence.generated - 1,
-            self.context_length - len(sequence.slot.cached) - 2,
-        )
-        sequence.drafts = sequence.drafter.propose(room)
-        sequence.pending.extend(sequence.drafts)
+    def _draft(self, decoding: list[_Sequence]) -> None:
+        """Appends drafted tokens after each sequence's next token, to be verified in the same decode."""
+        rooms = [
+            min(
+                self.num_draft_tokens,
+                sequence.request.max_tokens - sequence.generated - 1,
+                self.context_length - len(sequence.slot.cached) - 2,
+            )
+            for sequence in decoding
+        ]
+        if self._draft_model is not None:
+            proposals = self._draft_model.propose(
+                [(s.slot.seq_id, s.slot.cached + s.pending, room) for s, room in zip(decoding, rooms)]
+            )
+        else:
+            proposals = [s.drafter.propose(room) for s, room in zip(decoding, rooms)]
+        for sequence, drafts in zip(decoding, proposals):
+            sequence.drafts = drafts
+            sequence.pending.extend(drafts)
 
     def _decode(self, members: list[_Sequence]) -> None:
         batch = self._batch
-        n = 0
+        batch.clear()
         outputs: list[tuple[_Sequence, list[int]]] = []  # a sequence and the batch rows of its logits
         fed: list[tuple[_Sequence, int]] = []
         for sequence in members:
-            room = self._n_batch - n
-            if room <= 0:
+            if batch.room <= 0:
                 break
-            chunk = sequence.pending[:room]
-            slot = sequence.slot
-            every = bool(sequence.drafts) and len(chunk) == len(sequence.pending)  # verify each draft
-            for offset, token in enumerate(chunk):
-                batch.token[n] = token
-                batch.pos[n] = len(slot.cached) + offset
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = every
-                n += 1
+            chunk = sequence.pending[: batch.room]
+            whole = len(chunk) == len(sequence.pending)
+            logits = "none" if not whole else "all" if sequence.drafts else "last"  # "all": verify each draft
+            rows = batch.add(chunk, len(sequence.slot.cached), sequence.slot.seq_id, logits)
             fed.append((sequence, len(chunk)))
-            if len(chunk) == len(sequence.pending):
-                batch.logits[n - 1] = True
-                outputs.append((sequence, list(range(n - len(chunk), n)) if every else [n - 1]))
-        batch.n_tokens = n
+            if whole:
+                outputs.append((sequence, list(rows) if sequence.drafts else [rows[-1]]))
         # The next-token masks depend only on what the matchers have consumed so
         # far, so llguidance computes them (in parallel, off the GIL) while
         # llama.cpp decodes.
@@ -424,7 +408,7 @@ class LlamaCppEngine:
                 masks,
             )
         try:
-            status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+            status = batch.decode(self._ctx.ctx)
         finally:
             if constrained:
                 pending_masks.result()

@@ -1,0 +1,61 @@
+"""Loading a GGUF model and creating a llama.cpp context for it, shared by the main and draft models."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp
+from llama_cpp import _internals
+
+KV_CACHE_TYPES = {
+    "FP16": llama_cpp.GGML_TYPE_F16,
+    "Q8": llama_cpp.GGML_TYPE_Q8_0,
+    "Q6": llama_cpp.GGML_TYPE_Q8_0,  # llama.cpp has no 6-bit KV type; Q8_0 is the nearest that is not smaller
+    "Q4": llama_cpp.GGML_TYPE_Q4_0,
+}
+
+
+def load_model(path: str, n_gpu_layers: int = 0) -> _internals.LlamaModel:
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    # The CPU's AMX weight-repacking buffers crash llama_decode on multi-token
+    # batches with this build (seen on Sapphire Rapids); plain buffers are safe.
+    params.use_extra_bufts = False
+    return _internals.LlamaModel(path_model=path, params=params, verbose=False)
+
+
+def new_context(
+    model: _internals.LlamaModel,
+    *,
+    n_ctx: int,
+    max_sequences: int,
+    n_threads: int,
+    n_batch: int,
+    unified_kv: bool,
+    cache_quant: str | None,
+) -> _internals.LlamaContext:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_seq_max = max_sequences
+    params.n_threads = params.n_threads_batch = n_threads
+    # Per-sequence KV streams (the default) keep each sequence's cache laid out
+    # the same whether it runs alone or in a batch, which makes greedy output
+    # batch-invariant; a unified cache lets one long sequence use the whole
+    # budget but changes numerics with the batch's cache layout.
+    params.kv_unified = unified_kv
+    params.no_perf = True
+    if cache_quant:
+        params.type_k = params.type_v = KV_CACHE_TYPES[cache_quant]
+    return _internals.LlamaContext(model=model, params=params, verbose=False)
+
+
+def token_pieces(model: _internals.LlamaModel, special: bool) -> list[bytes]:
+    """Every token's bytes; with `special`, control tokens render as their text."""
+    vocab = llama_cpp.llama_model_get_vocab(model.model)
+    buffer = ctypes.create_string_buffer(256)
+    pieces = []
+    for token in range(model.n_vocab()):
+        length = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, special)
+        pieces.append(buffer.raw[: max(length, 0)])
+    return pieces
