@@ -277,13 +277,13 @@ def gallama_server(model_path: str, threads: int, max_sequences: int, *extra: st
     return Server("gallama", command, port)
 
 
-def llama_server(binary: str, model_path: str, threads: int, slots: int, context_per_slot: int) -> Server:
+def llama_server(binary: str, model_path: str, threads: int, slots: int, context_per_slot: int, *extra: str) -> Server:
     port = free_port()
     command = [
         binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
         "--threads", str(threads), "--threads-batch", str(threads),
         "-np", str(slots), "-c", str(slots * context_per_slot), "--no-repack",
-        "--alias", "bench", "--log-disable",
+        "--alias", "bench", "--log-disable", *extra,
     ]
     return Server("llama-server", command, port)
 
@@ -329,6 +329,8 @@ class StreamResult:
     last_token_s: float | None = None
     chunks: int = 0  # chunks carrying content
     completion_tokens: int | None = None  # from usage, when the server reports it
+    usage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # llama-server's own statistics, on its last chunk
     finish_reason: str | None = None
     text: str = ""
     error: str | None = None
@@ -380,7 +382,10 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, payload: dict[st
                 result.error = json.dumps(chunk["error"])[:300]
                 break
             if chunk.get("usage"):
+                result.usage = chunk["usage"]
                 result.completion_tokens = chunk["usage"].get("completion_tokens")
+            if chunk.get("timings"):
+                result.timings = chunk["timings"]
             for choice in chunk.get("choices") or []:
                 content = (choice.get("delta") or {}).get("content")
                 if content:

@@ -47,6 +47,9 @@ class ModelSpec(BaseModel):
     max_sequences: int | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     unified_kv: bool | None = None
+    # llama.cpp's CPU flash attention computes a sequence's logits slightly differently when several of its
+    # tokens share a batch (as drafts being verified do); off makes greedy speculation exact. None: llama.cpp's choice.
+    flash_attention: bool | None = None
     chat_template: str | None = None
     draft_model_id: str | None = None
     draft_model_name: str | None = None

@@ -113,6 +113,7 @@ class LlamaCppEngine:
         cache_quant: str | None = None,
         n_gpu_layers: int = 0,
         unified_kv: bool = False,
+        flash_attention: bool | None = None,
         draft_mode: str | None = None,
         num_draft_tokens: int = 5,
         draft_model_path: str | None = None,
@@ -140,7 +141,7 @@ class LlamaCppEngine:
         self._ctx = new_context(
             self._model, n_ctx=cache_size or per_sequence * (1 if unified_kv else max_sequences),
             max_sequences=max_sequences, n_threads=threads, n_batch=n_batch, unified_kv=unified_kv,
-            cache_quant=cache_quant,
+            cache_quant=cache_quant, flash_attention=flash_attention,
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)

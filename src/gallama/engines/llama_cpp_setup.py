@@ -33,7 +33,9 @@ def new_context(
     n_batch: int,
     unified_kv: bool,
     cache_quant: str | None,
+    flash_attention: bool | None = None,
 ) -> _internals.LlamaContext:
+    """`flash_attention` None leaves llama.cpp to decide (on where the backend supports it)."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = params.n_ubatch = n_batch
@@ -45,6 +47,10 @@ def new_context(
     # budget but changes numerics with the batch's cache layout.
     params.kv_unified = unified_kv
     params.no_perf = True
+    if flash_attention is not None:
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
     if cache_quant:
         params.type_k = params.type_v = KV_CACHE_TYPES[cache_quant]
     return _internals.LlamaContext(model=model, params=params, verbose=False)

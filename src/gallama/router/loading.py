@@ -12,7 +12,8 @@ from gallama.router.served_model import ServedModel
 def load_llama_cpp(spec: ModelSpec) -> ServedModel:
     engine = LlamaCppEngine(
         spec.model_id, cache_size=spec.cache_size, max_sequences=spec.max_sequences, n_threads=spec.threads,
-        cache_quant=spec.cache_quant, unified_kv=bool(spec.unified_kv), n_gpu_layers=999 if spec.gpus and any(spec.gpus) else 0,
+        cache_quant=spec.cache_quant, unified_kv=bool(spec.unified_kv),
+        flash_attention=spec.flash_attention, n_gpu_layers=999 if spec.gpus and any(spec.gpus) else 0,
         draft_mode=spec.draft_mode, num_draft_tokens=spec.num_draft_tokens or 5,
         draft_model_path=spec.draft_model_id, draft_cache_size=spec.draft_cache_size,
         draft_cache_quant=spec.draft_cache_quant, draft_n_gpu_layers=999 if spec.draft_gpus and any(spec.draft_gpus) else 0,
