@@ -62,10 +62,14 @@ class ServedModel:
         """
         tokens = self.engine.tokenize(text, add_special=False, parse_special=True)
         bos = self.engine.bos_token_id
-        wants_bos = self.engine.metadata().get("tokenizer.ggml.add_bos_token", "false") == "true"
-        if wants_bos and bos >= 0 and (not tokens or tokens[0] != bos):
+        if self.wants_bos and bos >= 0 and (not tokens or tokens[0] != bos):
             tokens.insert(0, bos)
         return tokens
+
+    @cached_property
+    def wants_bos(self) -> bool:
+        # Read once rather than walking the GGUF metadata through ctypes for every prompt.
+        return self.engine.metadata().get("tokenizer.ggml.add_bos_token", "false") == "true"
 
     def render_chat(self, messages: list[dict[str, Any]], **template_vars: Any) -> str:
         return self.template.render(messages, add_generation_prompt=True, **template_vars)
