@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def commit() -> str:
     return head.stdout.strip() or "unknown"
 
 
-def report(args, outcomes: Counter, memory: dict[str, float], idle: dict, minutes: float) -> str:
+def report(args, outcomes: Counter, memory: dict[str, float], idle: dict, minutes: float, load: list[float]) -> str:
     total = sum(outcomes.values())
     server_errors = sum(n for o, n in outcomes.items() if ": 5xx" in o)
     lost = sum(n for o, n in outcomes.items() if ": lost" in o)
@@ -130,7 +131,8 @@ def report(args, outcomes: Counter, memory: dict[str, float], idle: dict, minute
 commit {commit()}; {machine_description()}; {versions('llama_cpp_python')}.
 gallama on the bundled SmolLM2-135M-Instruct, `--threads {args.threads} --max-sequences {args.max_sequences}`
 ({args.clients} clients for {args.max_sequences} sequences: requests also queue). The machine is shared
-with other work, so throughput here means nothing; the point is what fails and what grows.
+with other work (load average {load[0]:.1f} before the run, {load[1]:.1f} at its end), so throughput here
+means nothing; the point is what fails and what grows.
 
 - requests: {total} in {minutes:.1f} min; 5xx: {server_errors}; lost (no result, no clear error): {lost}
 - after the load: {idle['running']} running and {idle['queued']} queued sequences
@@ -152,12 +154,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the soak, after the warm-up")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the memory baseline")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="one thread spins less on a shared machine")
     parser.add_argument("--max-sequences", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the results to docs/benchmarks.md")
     args = parser.parse_args()
     exit_on_sigterm()
+    load = [os.getloadavg()[0]]
     server = gallama_server(default_model_path(), args.threads, args.max_sequences).start()
     try:
         memory = {"start": rss_mib(process_tree(server.process.pid))}
@@ -168,9 +171,10 @@ def main() -> None:
         minutes = (time.monotonic() - began) / 60
         idle = idle_state(server.base_url)
         memory["end"] = rss_mib(process_tree(server.process.pid))
+        load.append(os.getloadavg()[0])
     finally:
         server.stop()
-    body = report(args, outcomes, memory, idle, minutes)
+    body = report(args, outcomes, memory, idle, minutes, load)
     print(body)
     if args.write:
         write_section("Soak: concurrent clients, dropped streams, memory (bench/soak.py)", body)
