@@ -30,14 +30,20 @@ async def _scrape(client: httpx.AsyncClient, base_url: str) -> str:
     return response.text if response.status_code == 200 else ""
 
 
+def merge_families(scraped: list[tuple[dict[str, str], str]]) -> _Families:
+    """Exposition texts, each with the labels its samples get, as one family per metric name (the text format
+    allows a name once, whatever the number of workers)."""
+    merged: dict[str, Metric] = {}
+    for labels, text in scraped:
+        for family in text_string_to_metric_families(text):
+            target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            target.samples.extend(sample._replace(labels={**sample.labels, **labels}) for sample in family.samples)
+    return _Families(list(merged.values()))
+
+
 async def scrape_workers(client: httpx.AsyncClient, pool: ModelPool) -> _Families:
     instances = [(group.name, instance) for group in list(pool.groups.values()) for instance in group.instances
                  if instance.status == "ready"]
     texts = await asyncio.gather(*(_scrape(client, instance.base_url) for _, instance in instances))
-    merged: dict[str, Metric] = {}  # one family per name, whatever the number of workers
-    for (model, instance), text in zip(instances, texts):
-        for family in text_string_to_metric_families(text):
-            target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
-            labels = {"model": model, "instance": str(instance.index)}
-            target.samples.extend(sample._replace(labels={**sample.labels, **labels}) for sample in family.samples)
-    return _Families(list(merged.values()))
+    return merge_families([({"model": model, "instance": str(instance.index)}, text)
+                           for (model, instance), text in zip(instances, texts)])
