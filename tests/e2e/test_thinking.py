@@ -109,7 +109,7 @@ def test_thinking_with_json_schema(client):
     schema = {"type": "object", "properties": {"apples": {"type": "integer"}}, "required": ["apples"],
               "additionalProperties": False}
     response = think(client, response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
-                     extra={"return_thinking": True, "thinking_max_tokens": 200})
+                     extra={"return_thinking": True, "thinking_max_tokens": 500})
     message = response.choices[0].message
     jsonschema.validate(json.loads(message.content), schema)
     assert "{" not in message.reasoning_content.split("<chain_of_thought>")[0]

@@ -29,6 +29,7 @@ from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
 from gallama.engines.draft_model import DraftModel
 from gallama.engines.llama_cpp_setup import load_model, new_context, token_pieces
 from gallama.engines.ngram import NgramDrafter
+from gallama.engines.outbox import Outbox
 from gallama.engines.prefix import common_prefix_length
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
 from gallama.engines.token_batch import TokenBatch
@@ -93,6 +94,10 @@ class TokenStream:
         if event.finish_reason is not None:
             self._done = True
         return event
+
+    def ready(self) -> bool:
+        """Whether the next event is already here (no wait)."""
+        return not self._events.empty()
 
     def cancel(self) -> None:
         self._done = True
@@ -161,6 +166,7 @@ class LlamaCppEngine:
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._queue_size = queue_size
+        self._outbox = Outbox()  # events leave the engine thread once per step
         self._llg_executor = llguidance.LLExecutor()
         self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masks")
         self._lock = threading.Condition()
@@ -213,10 +219,7 @@ class LlamaCppEngine:
         events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
 
         def emit(event: TokenEvent | Exception) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the consumer's loop is gone; nobody waits for this event
-                pass
+            self._outbox.put(loop, events, event)
 
         sequence = _Sequence(
             request=request,
@@ -277,6 +280,7 @@ class LlamaCppEngine:
                 if self._closed:
                     for sequence in [*self._running, *self._waiting]:
                         sequence.emit(EngineError("the server is shutting down"))
+                    self._outbox.flush()
                     return
                 batch_members = list(self._running)
             try:
@@ -287,6 +291,8 @@ class LlamaCppEngine:
                     for sequence in batch_members:
                         sequence.emit(EngineError(f"decoding failed: {error}"))
                         self._release(sequence, keep_cache=False)
+            finally:
+                self._outbox.flush()
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.cancelled]:
@@ -421,6 +427,7 @@ class LlamaCppEngine:
         mask_rows = {id(s): masks[i] for i, s in enumerate(constrained)}
         for sequence, rows in outputs:
             self._sample(sequence, rows, mask_rows.get(id(sequence)))
+        self._outbox.flush()  # now, not after the step's other decode: these tokens are ready
 
     def _allowed(self, sequence: _Sequence, mask_row: np.ndarray | None, first: bool) -> np.ndarray | None:
         constraint = sequence.request.constraint

@@ -80,6 +80,7 @@ class ChoiceRun:
         utf8 = Utf8Stream()
         cutter = StopStringCutter(self.spec.stops, keep_stop=self.spec.keep_stop)
         waiting: list[TokenEvent] = []
+        text = ""
         last = self.queued_at
         try:
             while (event := await self._next_event()) is not None:
@@ -91,7 +92,7 @@ class ChoiceRun:
                     self.drafted, self.accepted = event.drafted, event.accepted
                 waiting.append(event)
                 eog = engine.is_end_of_generation(event.token)
-                text = cutter.feed("" if eog else utf8.feed(engine.token_bytes(event.token)))
+                text += cutter.feed("" if eog else utf8.feed(engine.token_bytes(event.token)))
                 if cutter.matched is not None:
                     yield Piece(text, waiting, "stop")
                     return
@@ -101,9 +102,10 @@ class ChoiceRun:
                         text += cutter.flush()
                     yield Piece(text, waiting, "stop" if cutter.matched else event.finish_reason)
                     return
-                if text:
+                # Tokens that arrived together (a busy server, accepted drafts) go out as one piece.
+                if text and not self.tokens.ready():
                     yield Piece(text, waiting)
-                    waiting = []
+                    waiting, text = [], ""
         finally:
             metrics.generated_tokens.inc(self.completion_tokens)
             self.cancel()
