@@ -88,6 +88,31 @@ def test_auto_is_text_or_valid_calls(client, seed):
         assert choice.message.content
 
 
+def test_auto_calls_for_a_request_a_tool_serves(client):
+    # The choice is one token, "<tool_call>" against "<response>", so a plain request gets its call.
+    response = ask(client, tool_choice="auto", messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    choice = response.choices[0]
+    assert_valid_calls(choice.message.tool_calls)
+    assert choice.message.tool_calls[0].function.name == "get_weather"
+    assert choice.finish_reason == "tool_calls"
+
+
+def no_calls_bias(http) -> dict[str, int]:
+    """A logit_bias that bans the token after "<" in "<tool_call>", so auto must answer in text."""
+    tokens = http.post("/tokenize", json={"model": DEFAULT_MODEL, "content": "<tool_call>"}).json()["tokens"]
+    return {str(tokens[1]): -100}
+
+
+def test_auto_text_answer_is_content_without_its_tag(client, http):
+    bias = no_calls_bias(http)
+    response = ask(client, tool_choice="auto", logit_bias=bias, max_tokens=30)
+    message = response.choices[0].message
+    assert not message.tool_calls and message.content
+    assert "<response>" not in message.content and not message.content[0].isspace()
+    chunks = list(ask(client, tool_choice="auto", logit_bias=bias, max_tokens=30, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == message.content
+
+
 def test_parallel_false_allows_one_call(client):
     for seed in (1, 2):
         response = ask(client, tool_choice="required", parallel_tool_calls=False, temperature=0.9, seed=seed)
@@ -145,19 +170,17 @@ def test_history_with_tool_results(client):
     assert with_result.usage.prompt_tokens >= without.usage.prompt_tokens + len(result.split())
 
 
-def test_tools_with_response_format_text_follows_schema(client):
+def test_tools_with_response_format_text_follows_schema(client, http):
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}}, "required": ["answer"],
               "additionalProperties": False}
     response = ask(
-        client, tool_choice="auto", max_tokens=80,
+        client, tool_choice="auto", max_tokens=80, logit_bias=no_calls_bias(http),
         messages=[{"role": "user", "content": "Say hello."}],
         response_format={"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
     )
-    choice = response.choices[0]
-    if choice.message.tool_calls:
-        assert_valid_calls(choice.message.tool_calls)
-    else:
-        jsonschema.validate(json.loads(choice.message.content), schema)
+    message = response.choices[0].message
+    assert not message.tool_calls
+    jsonschema.validate(json.loads(message.content), schema)
 
 
 def test_legacy_functions_are_mapped(client):

@@ -49,6 +49,74 @@ def test_auto_mode_text_answer():
     assert parser.complete_calls == []
 
 
+class ByteTokenizer:
+    """One token per byte: grammar tests independent of any model's vocabulary."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
+
+    def __call__(self, text):
+        return list(text)
+
+
+def accepts(grammar: str, text: str) -> bool:
+    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(ByteTokenizer()))
+    matcher = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
+    tokens = list(text.encode())
+    if matcher.validate_tokens(tokens) != len(tokens):
+        return False
+    matcher.consume_tokens(tokens)
+    return matcher.is_accepting()
+
+
+def test_generic_auto_answers_with_a_call_or_the_text_tag():
+    grammar = tool_grammar(TOOLS, GENERIC, "auto", parallel=True)
+    assert accepts(grammar, written(GENERIC, [("add", '{"a": 1, "b": 2}')]))
+    assert accepts(grammar, "<response>It is sunny.")
+    assert not accepts(grammar, "It is sunny.")  # text without its tag
+    assert not accepts(grammar, "<response>")  # a tag with no answer
+
+
+@pytest.mark.parametrize("syntax", [HERMES, MISTRAL, LLAMA3], ids=lambda f: f.name)
+def test_native_auto_text_needs_no_tag(syntax):
+    assert not syntax.text_open
+    assert accepts(tool_grammar(TOOLS, syntax, "auto", parallel=True), "It is sunny.")
+
+
+def test_generic_none_and_required_have_no_text_tag():
+    assert accepts(tool_grammar(TOOLS, GENERIC, "none", parallel=True), "It is sunny.")
+    assert not accepts(tool_grammar(TOOLS, GENERIC, "required", parallel=True), "<response>It is sunny.")
+
+
+def test_calls_use_only_listed_parameters_unless_the_schema_allows_more():
+    call = written(GENERIC, [("get_weather", '{"city": "Paris", "description": "sunny"}')])
+    assert not accepts(tool_grammar(TOOLS, GENERIC, "required", parallel=True), call)
+    open_schema = {"get_weather": {**TOOLS["get_weather"], "additionalProperties": True}}
+    assert accepts(tool_grammar(open_schema, GENERIC, "required", parallel=True), call)
+    listed_only = written(GENERIC, [("get_weather", '{"city": "Paris"}')])
+    assert accepts(tool_grammar(TOOLS, GENERIC, "required", parallel=True), listed_only)
+
+
+def test_generic_text_tag_is_not_content():
+    parser = ToolCallParser(GENERIC, "auto")
+    events = [parser.feed(p) for p in ["<", "resp", "onse>", " ", "\nIt is", " <sunny>"]] + [parser.finish()]
+    assert "".join(e.text for batch in events for e in batch if isinstance(e, TextDelta)) == "It is <sunny>"
+    assert events[0] == events[1] == events[2] == events[3] == []  # held until decided, then the space dropped
+    assert parser.complete_calls == []
+
+
+def test_generic_cut_off_in_the_text_tag_has_no_text():
+    parser = ToolCallParser(GENERIC, "auto")
+    assert parser.feed("<resp") == [] and parser.finish() == []
+
+
+def test_native_auto_keeps_a_response_tag_as_text():
+    parser = ToolCallParser(HERMES, "auto")
+    events = parser.feed("<response>hi") + parser.finish()
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "<response>hi"
+
+
 def test_cut_off_call_is_not_complete():
     parser = ToolCallParser(GENERIC, "calls")
     parser.feed(GENERIC.call_prefix("add") + '{"a": 1')

@@ -21,6 +21,10 @@ class ToolCallFormat:
     arguments_key: str = "arguments"
     native: bool = True  # the chat template renders tools and tool-call history itself
     template_marker: str = ""  # text in a chat template that identifies the family
+    # Under tool_choice "auto", the tag a text answer opens with (not returned).
+    # With it, call or text is one token's choice between two tags, instead of
+    # the call tag against every word a sentence may start with.
+    text_open: str = ""
 
     def call_prefix(self, name: str) -> str:
         """The fixed text of a call up to its arguments' JSON."""
@@ -45,6 +49,7 @@ GENERIC = ToolCallFormat(
     separator="\n",
     section_close="",
     native=False,
+    text_open="<response>",
 )
 
 HERMES = ToolCallFormat(  # Hermes, Qwen 2.5/3 and their many fine-tunes

@@ -31,10 +31,22 @@ def _json_block(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": dict(JSON_OPTIONS)})
 
 
+OPEN_OBJECT_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
 def arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Tool parameters always describe an object; a schema that omits the type gets it."""
+    """The schema a call's arguments are generated under.
+
+    Tool parameters always describe an object; a schema that omits the type gets
+    it. A schema that lists its properties and says nothing about others gets
+    only those: small models otherwise invent parameters (a "description", a
+    copy of another one), and arguments that use only listed properties still
+    validate against the schema as given.
+    """
     if not any(key in parameters for key in ("type", "anyOf", "oneOf", "allOf", "$ref", "enum", "const")):
-        return {**parameters, "type": "object"}
+        parameters = {**parameters, "type": "object"}
+    if parameters.get("properties") and not any(key in parameters for key in OPEN_OBJECT_KEYS):
+        parameters = {**parameters, "additionalProperties": False}
     return parameters
 
 
@@ -81,6 +93,8 @@ def tool_grammar(
         rules.append(f"text: TEXT\nTEXT: /(?s:.+)/ & ~/(?s:\\s*){start}(?s:.*)/")
     if choice == "none":
         top = "text"
+    elif choice == "auto" and syntax.text_open:
+        top = f"calls | {_literal(syntax.text_open)} text"
     elif choice == "auto":
         top = "calls | text"
     else:

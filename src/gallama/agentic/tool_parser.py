@@ -51,6 +51,7 @@ class ToolCallParser:
         self._depth = 0
         self._in_string = False
         self._escaped = False
+        self._text_started = True  # False right after the text tag: leading whitespace is dropped
         self._prefix = re.compile(
             re.escape(syntax.call_open) + r'\{"name": "([^"]+)", "' + re.escape(syntax.arguments_key) + '": '
         )
@@ -60,16 +61,23 @@ class ToolCallParser:
         self._buffer += text
         if self.mode == "auto":
             stripped = self._buffer.lstrip()
-            start = self.syntax.start
+            start, text_open = self.syntax.start, self.syntax.text_open
             if stripped.startswith(start):
                 self.mode = "calls"
                 self._pos = len(self._buffer) - len(stripped)
-            elif start.startswith(stripped):
-                return []  # could still become a call
+            elif text_open and stripped.startswith(text_open):
+                self.mode = "text"
+                self._buffer = stripped[len(text_open) :]
+                self._text_started = False
+            elif start.startswith(stripped) or text_open.startswith(stripped):
+                return []  # still undecided
             else:
                 self.mode = "text"
         if self.mode == "text":
             out, self._buffer = self._buffer, ""
+            if not self._text_started:  # the space a model puts after the text tag is no content
+                out = out.lstrip()
+                self._text_started = bool(out)
             return [TextDelta(out)] if out else []
         return self._parse_calls()
 
@@ -132,6 +140,9 @@ class ToolCallParser:
     def finish(self) -> list[ParserEvent]:
         """At the end of generation: text that was held back as a possible call start."""
         if self.mode == "auto" and self._buffer:
+            stripped = self._buffer.lstrip()
+            if self.syntax.text_open and self.syntax.text_open.startswith(stripped):
+                return []  # cut off inside the text tag: no text yet
             self.mode = "text"
             return self.feed("")
         return []

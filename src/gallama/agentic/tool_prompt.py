@@ -48,19 +48,31 @@ def native_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _example(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: str) -> str:
+    """A call of a given tool (the named one, else the first) with placeholder values.
+
+    Small models copy a real name and real parameter names far better than a made-up one.
+    """
+    function = next((t["function"] for t in tools if t["function"]["name"] == choice), tools[0]["function"])
+    names = list((function.get("parameters") or {}).get("properties") or {})[:2]
+    return syntax.call_prefix(function["name"]) + json.dumps({name: "..." for name in names}) + syntax.call_suffix()
+
+
 def _instructions(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: str) -> str:
     listing = "\n".join(json.dumps(tool["function"], ensure_ascii=False) for tool in tools)
-    example = syntax.call_prefix("function_name") + '{"argument": "value"}' + syntax.call_suffix()
     if choice == "required":
         rule = "You must answer with one or more function calls."
     elif choice in {tool["function"]["name"] for tool in tools}:
         rule = f"You must answer by calling the function {choice}."
+    elif syntax.text_open:
+        rule = f"If no function fits, reply with {syntax.text_open} followed by your answer."
     else:
         rule = "If a function helps answer the user, call it; otherwise answer in plain text."
     return (
-        "You can call the following functions:\n"
+        "You are a function calling AI model. You are given these functions:\n"
         f"<tools>\n{listing}\n</tools>\n"
-        f"To call a function, answer with one block per call, like this:\n{example}\n{rule}"
+        f"To call a function, reply with one {syntax.call_open} per call, for example:\n"
+        f"{_example(syntax, tools, choice)}\n{rule}"
     )
 
 
