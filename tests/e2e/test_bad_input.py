@@ -142,3 +142,19 @@ def test_hostile_bodies_on_every_endpoint_are_4xx(http, path, raw):
     response = http.post(path, content=raw, headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500, response.text[:500]
     assert response.json()["error"]["message"]
+
+
+BIG_SCHEMA = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100} for i in range(3000)}}
+
+
+@pytest.mark.parametrize("patch, limit", [
+    ({"messages": MESSAGES * 4097}, "at most 4096 items"),
+    ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, "at most 128 items"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "big", "schema": BIG_SCHEMA}}},
+     "a JSON schema may take at most 262144 bytes"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": BIG_SCHEMA}}]},
+     "a JSON schema may take at most 262144 bytes"),
+])
+def test_size_limits_are_400s_that_name_the_limit(http, patch, limit):
+    response = http.post("/v1/chat/completions", json={"model": DEFAULT_MODEL, "messages": MESSAGES, **patch})
+    assert limit in assert_error(response, 400)["message"]

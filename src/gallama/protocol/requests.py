@@ -6,9 +6,10 @@ with a 400 that names it, never accepted and ignored.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MAX_N = 16
 MAX_STOP_STRINGS = 16
@@ -29,6 +30,21 @@ class StreamOptions(StrictModel):
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_TOOLS = 128
+MAX_MESSAGES = 4096
+# A schema is compiled into a grammar for every request that sends it; beyond this
+# size compiling becomes a way to keep the server busy.
+MAX_SCHEMA_BYTES = 256 * 1024
+
+
+def _bounded_schema(value: Any) -> Any:
+    if value is not None and not isinstance(value, bool):
+        size = len(value) if isinstance(value, str) else len(json.dumps(value, separators=(",", ":")))
+        if size > MAX_SCHEMA_BYTES:
+            raise ValueError(f"a JSON schema may take at most {MAX_SCHEMA_BYTES} bytes; this one takes {size}")
+    return value
+
+
+BoundedSchema = AfterValidator(_bounded_schema)
 
 
 class FunctionCall(StrictModel):
@@ -68,7 +84,7 @@ class ChatMessage(StrictModel):
 class FunctionDefinition(StrictModel):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: Annotated[dict[str, Any], BoundedSchema] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
 
 
@@ -91,7 +107,7 @@ class JsonSchemaFormat(StrictModel):
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
-    schema_: dict[str, Any] | bool = Field(default_factory=dict, alias="schema")
+    schema_: Annotated[dict[str, Any] | bool, BoundedSchema] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
@@ -137,7 +153,7 @@ class SamplingFields(StrictModel):
     regex_pattern: str | None = None
     regex_prefix_pattern: str | None = None
     grammar: str | None = None
-    guided_json: dict[str, Any] | str | None = None
+    guided_json: Annotated[dict[str, Any] | str | None, BoundedSchema] = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
@@ -172,7 +188,7 @@ class SamplingFields(StrictModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
