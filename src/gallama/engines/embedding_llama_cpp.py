@@ -23,6 +23,7 @@ from llama_cpp import _internals
 
 from gallama.engines.base import EngineOverloaded
 from gallama.engines.embedding_base import EmbeddingInput, l2_normalize
+from gallama.engines.llama_cpp_setup import load_model
 
 log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
@@ -56,11 +57,7 @@ class _Batch:
 class LlamaCppEmbeddingEngine:
     def __init__(self, model_path: str, *, n_threads: int | None = None, n_gpu_layers: int = 0):
         self.model_path = model_path
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = n_gpu_layers
-        # AMX weight repacking crashes multi-token batches on this llama.cpp build (see llama_cpp_engine).
-        model_params.use_extra_bufts = False
-        self._model = _internals.LlamaModel(path_model=model_path, params=model_params, verbose=False)
+        self._model = load_model(model_path, n_gpu_layers)
         self.vocab_size = self._model.n_vocab()
         self.dimensions = llama_cpp.llama_model_n_embd(self._model.model)
         self.context_length = min(self._model.n_ctx_train(), MAX_BATCH_TOKENS)

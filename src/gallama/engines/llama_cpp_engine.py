@@ -139,7 +139,6 @@ class LlamaCppEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self.vocab_size = self._model.n_vocab()
         self._pieces = token_pieces(self._model, special=False)
-        self._special_pieces = token_pieces(self._model, special=True)
 
         threads = n_threads or os.cpu_count() or 1
         per_sequence = min(self._model.n_ctx_train(), DEFAULT_SEQUENCE_CONTEXT)
@@ -182,6 +181,11 @@ class LlamaCppEngine:
     def token_bytes(self, token: int) -> bytes:
         """The token's bytes as output text; control tokens are empty."""
         return self._pieces[token]
+
+    @cached_property
+    def _special_pieces(self) -> list[bytes]:
+        """Every token's text, control tokens included: for template variables and the draft's vocabulary check."""
+        return token_pieces(self._model, special=True)
 
     def token_text(self, token: int) -> str:
         """The token's text including control tokens (for chat template variables)."""
