@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import threading
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
@@ -209,7 +210,10 @@ class LlamaCppEngine:
     def constraint_tokenizer(self) -> llguidance.LLTokenizer:
         """llguidance's view of this vocabulary (built once; takes about a second)."""
         eog = [t for t in range(self.vocab_size) if self.is_end_of_generation(t)]
-        return lltokenizer_from_vocab(self._vocab, eos_token=eog or None)
+        with warnings.catch_warnings():
+            # llguidance reads each token's attributes through a llama_cpp alias that warns once per token.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(self._vocab, eos_token=eog or None)
 
     @property
     def load_stats(self) -> dict[str, int]:
@@ -361,6 +365,10 @@ class LlamaCppEngine:
         # Decoding sequences and prompt prefills go in separate llama_decode calls:
         # llama.cpp's numerics depend on a batch's shape, and keeping a decode batch
         # free of prompt chunks makes a greedy answer the same alone and in a batch.
+        # Rows in sequence-id order: with per-sequence KV streams, llama.cpp splits a
+        # batch whose sequences come out of order into slower micro-batches (a
+        # batch of 8 decoded 15% slower in arrival order than sorted).
+        members = sorted(members, key=lambda s: s.slot.seq_id)
         decoding = [s for s in members if len(s.pending) == 1]
         prefilling = [s for s in members if len(s.pending) > 1]
         if decoding and self.draft_mode:
