@@ -34,6 +34,18 @@ def test_response_shape_and_usage(client):
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
 
 
+def test_usage_counts_the_prompt_tokens_served_from_cache(client):
+    messages = [{"role": "user", "content": "Name three rivers in Europe and one fact about each of them."}]
+    first = greedy(client, messages=messages, max_tokens=4)
+    again = greedy(client, messages=messages, max_tokens=4)
+    other = greedy(client, messages=[{"role": "user", "content": "Zebras?"}], max_tokens=4)
+    # The repeat finds all of its prompt but the last token (decoded again for its logits) in the cache.
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens - 1
+    # Another question shares only the chat template's opening with it.
+    assert other.usage.prompt_tokens_details.cached_tokens < other.usage.prompt_tokens - 3
+
+
 def test_max_tokens_gives_length(client):
     response = client.chat.completions.create(
         model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Count from 1 to 100."}], max_tokens=5, temperature=0

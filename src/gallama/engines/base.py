@@ -46,6 +46,8 @@ class TokenEvent:
     # On the last event: tokens drafted for speculative decoding, and how many the model kept.
     drafted: int = 0
     accepted: int = 0
+    # On the first event: prompt tokens found in the KV cache (not computed again).
+    cached_prompt_tokens: int = 0
 
 
 class EngineOverloaded(Exception):

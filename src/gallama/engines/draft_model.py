@@ -71,6 +71,13 @@ class DraftModel:
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, length, -1)
         del self._cached.setdefault(seq_id, [])[length:]
 
+    def copy(self, source: int, target: int, tokens: list[int]) -> None:
+        """Gives `target` the cached prefix of `source` that matches `tokens` (what the main model copied)."""
+        keep = common_prefix_length(self._cached.get(source, []), tokens)
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._memory, target, keep, -1)
+        self._cached[target] = tokens[:keep]
+
     def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:
         """For each (seq_id, tokens so far, count): up to `count` greedy tokens to follow."""
         counts = [min(count, self.context_length - len(tokens) - 1) for _, tokens, count in wanted]

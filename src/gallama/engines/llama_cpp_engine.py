@@ -31,8 +31,8 @@ from gallama.engines.draft_model import DraftModel
 from gallama.engines.llama_cpp_setup import load_model, new_context, token_pieces
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
-from gallama.engines.prefix import common_prefix_length
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
+from gallama.engines.slot_choice import choose_slot
 from gallama.engines.token_batch import TokenBatch
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class _Sequence:
     drafts: list[int] = field(default_factory=list)  # drafted tokens in this step's batch
     drafted: int = 0
     accepted: int = 0
+    reused: int = 0  # prompt tokens found in the KV cache
 
 
 class TokenStream:
@@ -319,7 +320,10 @@ class LlamaCppEngine:
         while self._waiting and self._free_slots:
             sequence = self._waiting[0]
             prompt = sequence.request.prompt_tokens
-            slot = max(self._free_slots, key=lambda s: common_prefix_length(s.cached, prompt))
+            choice = choose_slot(
+                self._free_slots, {s.slot.seq_id for s in self._running}, prompt, contiguous=not self._unified_kv,
+            )
+            slot = choice.slot
             # Evict idle caches, least recently used first, until the reservation fits.
             for victim in [s for s in self._free_slots if s is not slot]:
                 if self._fits(sequence, slot):
@@ -327,17 +331,20 @@ class LlamaCppEngine:
                 self._clear_slot(victim)
             if not self._fits(sequence, slot):
                 return  # wait for running sequences to finish
-            # Keep at least one prompt token to decode so that the step yields logits.
-            reused = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)
+            reused = choice.reused
             self._waiting.popleft()
             self._free_slots.remove(slot)
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
-            del slot.cached[reused:]
-            if self._draft_model is not None:
-                # The draft reuses what the main model reuses and no more, so that a
-                # repeated request drafts (and so samples) the same way each time.
-                self._draft_model.truncate(slot.seq_id, reused)
+            if choice.copy_from is not None:
+                self._copy_slot(choice.copy_from, slot, reused)
+            else:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
+                del slot.cached[reused:]
+                if self._draft_model is not None:
+                    # The draft reuses what the main model reuses and no more, so that a
+                    # repeated request drafts (and so samples) the same way each time.
+                    self._draft_model.truncate(slot.seq_id, reused)
             sequence.slot = slot
+            sequence.reused = reused
             sequence.pending = list(prompt[reused:])
             self._running.append(sequence)
 
@@ -345,6 +352,15 @@ class LlamaCppEngine:
         sequence.emit(error)
         with self._lock:
             self._release(sequence, keep_cache=False)
+
+    def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
+        """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""
+        # Across KV streams llama.cpp copies whole streams (at the next decode), then the tail is dropped.
+        llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, length, -1)
+        target.cached = source.cached[:length]
+        if self._draft_model is not None:
+            self._draft_model.copy(source.seq_id, target.seq_id, target.cached)
 
     def _clear_slot(self, slot: _Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
@@ -488,7 +504,7 @@ class LlamaCppEngine:
         sequence.generated += 1
         if sequence.drafter is not None:
             sequence.drafter.append(token)
-        event = TokenEvent(token=token)
+        event = TokenEvent(token=token, cached_prompt_tokens=sequence.reused if sequence.generated == 1 else 0)
         if request.top_logprobs is not None:
             logprobs = log_softmax(logits)
             event.logprob = float(logprobs[token])

@@ -17,11 +17,13 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int, runs=()) -> dict:
-    """OpenAI's usage; with speculative decoding, drafted tokens in its prediction fields."""
+    """OpenAI's usage: prompt tokens served from the KV cache; with speculative decoding, drafted tokens."""
+    cached = max((getattr(run, "cached_prompt_tokens", 0) for run in runs), default=0)
     result: dict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": min(cached, prompt_tokens)},
     }
     drafted = sum(getattr(run, "drafted", 0) for run in runs)
     if drafted:

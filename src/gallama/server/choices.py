@@ -40,6 +40,7 @@ class ChoiceRun:
         self.tokens = model.engine.generate(spec.request)
         self.completion_tokens = 0
         self.drafted = self.accepted = 0  # speculative decoding: drafted tokens and those kept
+        self.cached_prompt_tokens = 0
         self.queued_at = time.perf_counter()  # for the latency metrics (the loop's clock may tick in ms)
         if deadline is None and model.request_timeout is not None:
             deadline = asyncio.get_running_loop().time() + model.request_timeout
@@ -87,6 +88,8 @@ class ChoiceRun:
                 now = time.perf_counter()
                 (metrics.time_per_token if self.completion_tokens else metrics.time_to_first_token).observe(now - last)
                 last = now
+                if not self.completion_tokens:
+                    self.cached_prompt_tokens = event.cached_prompt_tokens
                 self.completion_tokens += 1
                 if event.finish_reason is not None:
                     self.drafted, self.accepted = event.drafted, event.accepted

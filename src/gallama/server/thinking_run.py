@@ -36,6 +36,10 @@ class ThinkingRun:
         return self._thinking.drafted + (self._answer.drafted if self._answer else 0)
 
     @property
+    def cached_prompt_tokens(self) -> int:
+        return self._thinking.cached_prompt_tokens  # the request's own prompt is the thinking pass's
+
+    @property
     def accepted(self) -> int:
         return self._thinking.accepted + (self._answer.accepted if self._answer else 0)
 

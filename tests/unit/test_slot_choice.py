@@ -1,0 +1,55 @@
+"""Slot choice: prefix reuse first, but running sequences stay on consecutive ids."""
+
+from dataclasses import dataclass, field
+
+from gallama.engines.slot_choice import MIN_COPIED_PREFIX, choose_slot
+
+
+@dataclass
+class FakeSlot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+
+
+PROMPT = list(range(1000, 1200))
+
+
+def slots(*ids, cached=None):
+    cached = cached or {}
+    return [FakeSlot(i, list(cached.get(i, []))) for i in ids]
+
+
+def test_idle_engine_takes_the_longest_prefix_then_the_least_recently_used():
+    free = slots(3, 1, 2, cached={2: PROMPT[:50]})
+    assert choose_slot(free, set(), PROMPT, contiguous=True).slot.seq_id == 2
+    assert choose_slot(slots(3, 1, 2), set(), PROMPT, contiguous=True).slot.seq_id == 3
+
+
+def test_a_new_sequence_goes_next_to_the_running_ones():
+    choice = choose_slot(slots(0, 5, 2), {3, 4}, PROMPT, contiguous=True)
+    assert choice.slot.seq_id in (2, 5) and choice.copy_from is None
+    # A slot that closes a gap beats one that extends a run.
+    assert choose_slot(slots(5, 2), {1, 3}, PROMPT, contiguous=True).slot.seq_id == 2
+
+
+def test_a_long_prefix_elsewhere_is_copied_next_to_the_running_ones():
+    free = slots(0, 5, cached={0: PROMPT[:150]})
+    choice = choose_slot(free, {3, 4}, PROMPT, contiguous=True)
+    assert (choice.slot.seq_id, choice.copy_from.seq_id, choice.reused) == (5, 0, 150)
+
+
+def test_a_short_prefix_elsewhere_is_not_worth_a_copy():
+    free = slots(0, 5, cached={0: PROMPT[: MIN_COPIED_PREFIX - 1]})
+    choice = choose_slot(free, {3, 4}, PROMPT, contiguous=True)
+    assert (choice.slot.seq_id, choice.copy_from, choice.reused) == (5, None, 0)
+
+
+def test_reuse_keeps_one_prompt_token_to_decode():
+    choice = choose_slot(slots(1, cached={1: PROMPT + [7]}), set(), PROMPT, contiguous=True)
+    assert choice.reused == len(PROMPT) - 1
+
+
+def test_a_unified_cache_only_looks_at_the_prefix():
+    free = slots(0, 5, cached={0: PROMPT[:10]})
+    choice = choose_slot(free, {3, 4}, PROMPT, contiguous=False)
+    assert (choice.slot.seq_id, choice.copy_from, choice.reused) == (0, None, 10)
