@@ -47,8 +47,8 @@ class ModelSpec(BaseModel):
     max_sequences: int | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     unified_kv: bool | None = None
-    # llama.cpp's CPU flash attention computes a sequence's logits slightly differently when several of its
-    # tokens share a batch (as drafts being verified do); off makes greedy speculation exact. None: llama.cpp's choice.
+    # None: llama.cpp's choice (on). Off decodes faster on a CPU at long contexts, but its batched
+    # attention changes logits by up to 0.5, so greedy output then depends on batching and speculation.
     flash_attention: bool | None = None
     chat_template: str | None = None
     draft_model_id: str | None = None

@@ -55,7 +55,11 @@ async def generate(engine, tokens, max_tokens=120, constraint=None, **sampling):
     return [e.token for e in events], events[-1]
 
 
-@pytest.mark.parametrize("task", [f"Repeat this text exactly: {TEXT}", "Write a short poem about autumn."])
+@pytest.mark.parametrize("task", [
+    f"Repeat this text exactly: {TEXT}",
+    "Write a short poem about autumn.",
+    f"Rewrite the following text word for word, changing only the word 'sister' to 'brother':\n\n{TEXT}",
+])
 async def test_greedy_output_is_identical(engines, task):
     plain, speculative = engines
     tokens = prompt(plain, task)
@@ -63,24 +67,6 @@ async def test_greedy_output_is_identical(engines, task):
     got, last = await generate(speculative, tokens, temperature=0)
     assert got == expected
     assert last.drafted == 0 or 0 <= last.accepted <= last.drafted
-
-
-@pytest.mark.parametrize("drafting", [{"draft_mode": "ngram"}, {"draft_model_path": PATH}], ids=["ngram", "model"])
-async def test_greedy_output_is_exact_without_flash_attention(drafting):
-    # With llama.cpp's CPU flash attention, verifying drafts in one batch moves the logits by ~1e-2,
-    # enough to flip this prompt's near-tie at token 36; without it the batch computes what
-    # one-token steps compute, and speculation is exact.
-    task = f"Rewrite the following text word for word, changing only the word 'sister' to 'brother':\n\n{TEXT}"
-    plain = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048, flash_attention=False)
-    speculative = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048, flash_attention=False, **drafting)
-    try:
-        tokens = prompt(plain, task)
-        expected, _ = await generate(plain, tokens, max_tokens=80, temperature=0)
-        got, last = await generate(speculative, tokens, max_tokens=80, temperature=0)
-        assert got == expected and last.accepted > 0
-    finally:
-        plain.close()
-        speculative.close()
 
 
 async def test_repetition_gets_accepted_drafts(engines):
