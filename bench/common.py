@@ -61,6 +61,33 @@ def default_model_path() -> str:
     return str(locate(DEFAULT_CHAT_MODEL))
 
 
+class VocabTokenizer:
+    """The model's tokenizer alone (no weights): to count the tokens in a piece of streamed text."""
+
+    def __init__(self, model_path: str):
+        import logging
+
+        import llama_cpp
+        from llama_cpp import _internals
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = _internals.LlamaModel(path_model=model_path, params=params, verbose=False)
+
+    def count(self, text: str) -> int:
+        return len(self._model.tokenize(text.encode(), add_bos=False, special=False))
+
+
+def count_first_chunk_tokens(results: list["StreamResult"], tokenizer: VocabTokenizer) -> None:
+    """A server that holds tokens back sends several in its first chunk (llama-server does under a
+    JSON schema, speculation sends accepted drafts together): they must not count as decoded in the
+    time between the first chunk and the last."""
+    for result in results:
+        if result.first_text:
+            result.first_chunk_tokens = max(1, tokenizer.count(result.first_text))
+
+
 def end_of_generation_tokens(model_path: str) -> list[int]:
     """The model's end-of-generation token ids (read from the vocabulary only)."""
     import logging
@@ -326,6 +353,8 @@ class StreamResult:
     status: int
     sent_s: float
     first_token_s: float | None = None  # first chunk with content, since sent
+    first_text: str = ""  # that chunk's content
+    first_chunk_tokens: int = 1  # the tokens in it (count_first_chunk_tokens)
     last_token_s: float | None = None
     chunks: int = 0  # chunks carrying content
     completion_tokens: int | None = None  # from usage, when the server reports it
@@ -341,11 +370,11 @@ class StreamResult:
 
     @property
     def decode_tokens_per_s(self) -> float | None:
-        """Tokens after the first, over the time between the first and the last."""
-        if self.first_token_s is None or self.last_token_s is None or self.tokens < 2:
+        """Tokens after the first chunk's, over the time between the first chunk and the last."""
+        if self.first_token_s is None or self.last_token_s is None or self.tokens <= self.first_chunk_tokens:
             return None
         span = self.last_token_s - self.first_token_s
-        return (self.tokens - 1) / span if span > 0 else None
+        return (self.tokens - self.first_chunk_tokens) / span if span > 0 else None
 
 
 def chat_payload(prompt: str, max_tokens: int, banned: list[int], **extra: Any) -> dict[str, Any]:
@@ -393,6 +422,7 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, payload: dict[st
                     result.text += content
                     if result.first_token_s is None:
                         result.first_token_s = now
+                        result.first_text = content
                     result.last_token_s = now
                 if choice.get("finish_reason"):
                     result.finish_reason = choice["finish_reason"]

@@ -108,6 +108,9 @@ async def measure(args, servers: dict[str, common.Server], banned: list[int]) ->
             quiet()
             for name in order:
                 for prompt in common.PROMPTS:
+                    # An idle server: llama.cpp's OpenMP threads spin for a while after a decode,
+                    # and would slow the next request's HTTP and template work.
+                    await asyncio.sleep(args.settle)
                     payload = common.chat_payload(prompt, args.max_tokens, banned)
                     result = await timed(name, common.stream_chat(client, servers[name].base_url, payload))
                     check(name, [result], args.max_tokens, problems)
@@ -153,9 +156,11 @@ def json_validity(results: list[common.StreamResult]) -> str:
 def report(args, data: dict, peaks: dict[str, float], command: str) -> None:
     engines = list(peaks)
     rows = {}
+    tokenizer = common.VocabTokenizer(args.model or common.default_model_path())
     for name in engines:
         singles = data["single"][name]
         constrained = data["constrained"][name]
+        common.count_first_chunk_tokens(singles + constrained, tokenizer)
         rows[name] = {
             "decode": common.median([r.decode_tokens_per_s for r in singles]),
             "ttft": common.median([r.first_token_s * 1000 for r in singles if r.first_token_s is not None]),
@@ -239,8 +244,11 @@ the same run (issue 8).
   streams (each a different prompt), then {len(JSON_PROMPTS)} JSON-schema requests; {args.rounds} rounds.
   Streaming chat, temperature 0, {args.max_tokens} tokens per request with the end-of-generation
   tokens banned by `logit_bias` (JSON-schema requests end when the schema's JSON is complete).
-  Decode tok/s = (tokens - 1) / (last token time - first token time) of one stream;
-  TTFT = request sent to first content chunk, single stream; aggregate = all tokens of
+  Decode tok/s = (tokens - tokens of the first chunk) / (last chunk time - first chunk time) of
+  one stream (the first chunk's tokens counted with the model's tokenizer: llama-server holds
+  back about 10 tokens under a JSON schema and sends them in its first chunk);
+  TTFT = request sent to first content chunk, single stream, each request sent after
+  {args.settle} s of idle (llama.cpp's OpenMP threads spin for a while after a decode); aggregate = all tokens of
   the concurrent streams / wall time from the first request sent to the last stream's end
   (prefill included). Peak RSS: the server's whole process tree, sampled every 50 ms,
   over the whole run. Server CPU per token: the CPU time (user + system) of the
@@ -314,6 +322,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slots", type=int, default=16, help="parallel sequences of gallama and llama-server")
     parser.add_argument("--context-per-slot", type=int, default=4096)
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds of idle before each single-stream request")
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for a quiet machine before each block (0: never)")
     parser.add_argument("--quiet-cores", type=float, default=0.3, help="CPU use by others (cores) that counts as quiet")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 8, 16])

@@ -105,6 +105,7 @@ async def measure(args, servers: dict[str, common.Server]) -> dict:
     texts: dict = {}
     busy: list[float] = []
     problems: list[str] = []
+    tokenizer = common.VocabTokenizer(args.model or common.default_model_path())
     async with httpx.AsyncClient(timeout=600) as client:
         for name, server in servers.items():  # warm-up: first-request costs stay out of the numbers
             await common.stream_chat(client, server.base_url, common.chat_payload("Hello", 8, []))
@@ -120,6 +121,7 @@ async def measure(args, servers: dict[str, common.Server]) -> dict:
                         if result.error or result.status != 200:
                             problems.append(f"{name} {workload}: {result.status} {result.error}")
                             continue
+                        common.count_first_chunk_tokens([result], tokenizer)
                         if result.decode_tokens_per_s:
                             speeds[name, workload].append(result.decode_tokens_per_s)
                         drafted, accepted = drafted_and_accepted(result)
@@ -190,8 +192,8 @@ same GGUF and threads, one sequence per server, requests interleaved round by ro
   looks up {args.ngram_size}-grams, gallama 3-grams then 2-grams.
 - Workloads, {args.rounds} rounds: "rewrite" = copy a 300-word public-domain text with one word changed
   ({len(CHANGES)} prompts, {args.rewrite_tokens} tokens at most); "free" = {len(FREE_PROMPTS)} open prompts
-  ({args.free_tokens} tokens at most). Streaming chat, temperature 0. Decode tok/s = (tokens - 1) / (last
-  chunk time - first chunk time), median over requests. "Output as without speculation": greedy outputs
+  ({args.free_tokens} tokens at most). Streaming chat, temperature 0. Decode tok/s = (tokens - tokens of
+  the first chunk) / (last chunk time - first chunk time), median over requests. "Output as without speculation": greedy outputs
   equal to the same server's without speculation.
 - Busy cores from other work before rounds (median): {common.fmt(busy, 2)}
 
