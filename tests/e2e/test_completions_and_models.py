@@ -26,6 +26,13 @@ def test_unknown_model_is_404(client):
     assert caught.value.body["code"] == "model_not_found"
 
 
+def test_completion_max_tokens_defaults_to_16_even_when_null(client):
+    banned = {str(t): -100 for t in (0, 2, 4)}  # SmolLM2's end tokens: the default length must show
+    for extra in ({}, {"max_tokens": None}):
+        response = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, temperature=0, logit_bias=banned, **extra)
+        assert response.usage.completion_tokens == 16 and response.choices[0].finish_reason == "length"
+
+
 def test_completion_basic(client):
     response = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=8, temperature=0)
     assert response.object == "text_completion"

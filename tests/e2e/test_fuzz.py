@@ -33,8 +33,8 @@ def tame(body):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             body[key] = limit
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = CLAMPS["max_tokens"]  # else a generation runs to the end of the context
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = CLAMPS["max_tokens"]  # else a chat generation runs to the end of the context
     if "thinking_template" in body:
         body.setdefault("thinking_max_tokens", CLAMPS["thinking_max_tokens"])
     if isinstance(body.get("prompt"), list):

@@ -247,6 +247,11 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(default=None, ge=1, le=MAX_N)
     max_tokens: int | None = Field(default=16, ge=1)
 
+    @field_validator("max_tokens")
+    @classmethod
+    def _null_is_the_default(cls, value):
+        return 16 if value is None else value  # OpenAI's legacy default, also for an explicit null
+
     @model_validator(mode="after")
     def _best_of_is_n(self) -> "CompletionRequest":
         if self.best_of is not None and self.best_of != self.n:
