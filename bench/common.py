@@ -62,7 +62,7 @@ def default_model_path() -> str:
 
 
 class VocabTokenizer:
-    """The model's tokenizer alone (no weights): to count the tokens in a piece of streamed text."""
+    """The model's vocabulary alone (no weights): its end tokens, and token counts of streamed text."""
 
     def __init__(self, model_path: str):
         import logging
@@ -78,6 +78,12 @@ class VocabTokenizer:
     def count(self, text: str) -> int:
         return len(self._model.tokenize(text.encode(), add_bos=False, special=False))
 
+    def end_of_generation_tokens(self) -> list[int]:
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self._model.model)
+        return [t for t in range(self._model.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+
 
 def count_first_chunk_tokens(results: list["StreamResult"], tokenizer: VocabTokenizer) -> None:
     """A server that holds tokens back sends several in its first chunk (llama-server does under a
@@ -90,20 +96,7 @@ def count_first_chunk_tokens(results: list["StreamResult"], tokenizer: VocabToke
 
 def end_of_generation_tokens(model_path: str) -> list[int]:
     """The model's end-of-generation token ids (read from the vocabulary only)."""
-    import logging
-
-    import llama_cpp
-
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
-    try:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-        return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-    finally:
-        llama_cpp.llama_model_free(model)
+    return VocabTokenizer(model_path).end_of_generation_tokens()
 
 
 def free_port() -> int:

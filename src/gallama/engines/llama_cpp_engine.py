@@ -328,7 +328,7 @@ class LlamaCppEngine:
             for victim in [s for s in self._free_slots if s is not slot]:
                 if self._fits(sequence, slot):
                     break
-                self._clear_slot(victim)
+                self._truncate_slot(victim, 0)
             if not self._fits(sequence, slot):
                 return  # wait for running sequences to finish
             reused = choice.reused
@@ -337,12 +337,7 @@ class LlamaCppEngine:
             if choice.copy_from is not None:
                 self._copy_slot(choice.copy_from, slot, reused)
             else:
-                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
-                del slot.cached[reused:]
-                if self._draft_model is not None:
-                    # The draft reuses what the main model reuses and no more, so that a
-                    # repeated request drafts (and so samples) the same way each time.
-                    self._draft_model.truncate(slot.seq_id, reused)
+                self._truncate_slot(slot, reused)
             sequence.slot = slot
             sequence.reused = reused
             sequence.pending = list(prompt[reused:])
@@ -362,11 +357,14 @@ class LlamaCppEngine:
         if self._draft_model is not None:
             self._draft_model.copy(source.seq_id, target.seq_id, target.cached)
 
-    def _clear_slot(self, slot: _Slot) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
-        slot.cached.clear()
+    def _truncate_slot(self, slot: _Slot, length: int) -> None:
+        """Keeps the first `length` cached tokens of a slot (0: forgets them), in the draft model too."""
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, length, -1)
+        del slot.cached[length:]
         if self._draft_model is not None:
-            self._draft_model.truncate(slot.seq_id, 0)
+            # The draft reuses what the main model reuses and no more, so that a
+            # repeated request drafts (and so samples) the same way each time.
+            self._draft_model.truncate(slot.seq_id, length)
 
     def _release(self, sequence: _Sequence, keep_cache: bool) -> None:
         if sequence not in self._running:
@@ -374,7 +372,7 @@ class LlamaCppEngine:
         self._running.remove(sequence)
         slot = sequence.slot
         if not keep_cache:
-            self._clear_slot(slot)
+            self._truncate_slot(slot, 0)
         self._free_slots.append(slot)
 
     def _step(self, members: list[_Sequence]) -> None:

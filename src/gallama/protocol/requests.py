@@ -31,6 +31,7 @@ class StreamOptions(StrictModel):
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_TOOLS = 128
 MAX_MESSAGES = 4096
+LEGACY_MAX_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 # A schema is compiled into a grammar for every request that sends it; beyond this
 # size compiling becomes a way to keep the server busy.
 MAX_SCHEMA_BYTES = 256 * 1024
@@ -245,12 +246,12 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=1, le=MAX_N)
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=LEGACY_MAX_TOKENS, ge=1)
 
     @field_validator("max_tokens")
     @classmethod
     def _null_is_the_default(cls, value):
-        return 16 if value is None else value  # OpenAI's legacy default, also for an explicit null
+        return LEGACY_MAX_TOKENS if value is None else value  # also for an explicit null
 
     @model_validator(mode="after")
     def _best_of_is_n(self) -> "CompletionRequest":
