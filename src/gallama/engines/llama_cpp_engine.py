@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
+from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.draft_model import DraftModel
 from gallama.engines.llama_cpp_setup import load_model, new_context, token_pieces
 from gallama.engines.ngram import NgramDrafter
@@ -64,6 +66,7 @@ class _Sequence:
     generated: int = 0
     cancelled: bool = False
     drafter: NgramDrafter | None = None
+    acceptance: AcceptanceRate | None = None  # with speculation: how often its drafts were kept lately
     drafts: list[int] = field(default_factory=list)  # drafted tokens in this step's batch
     drafted: int = 0
     accepted: int = 0
@@ -136,6 +139,9 @@ class LlamaCppEngine:
         self.num_draft_tokens = num_draft_tokens
         self.drafted_total = 0
         self.accepted_total = 0
+        self._step_cost = StepCost()
+        # New sequences start from what drafts have been worth lately on this instance.
+        self._recent_acceptance = AcceptanceRate(prior=0.6, decay=0.99)
         self.model_path = model_path
         self._model = load_model(model_path, n_gpu_layers)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
@@ -236,6 +242,7 @@ class LlamaCppEngine:
             sampler=SequenceSampler(request.sampling, self.vocab_size),
             reservation=len(request.prompt_tokens) + request.max_tokens,
             drafter=NgramDrafter(request.prompt_tokens) if self.draft_mode == "ngram" else None,
+            acceptance=AcceptanceRate(prior=self._recent_acceptance.value) if self.draft_mode else None,
         )
         self._submit(sequence)
         return TokenStream(self, sequence, events)
@@ -388,7 +395,10 @@ class LlamaCppEngine:
         if decoding and self.draft_mode:
             self._draft(decoding)
         if decoding:
-            self._decode(decoding)
+            rows = sum(len(s.pending) for s in decoding)
+            seconds = self._decode(decoding)
+            if self.draft_mode:
+                self._step_cost.observe(rows, seconds)
         if prefilling:
             self._decode(prefilling)
 
@@ -402,6 +412,7 @@ class LlamaCppEngine:
             )
             for sequence in decoding
         ]
+        rooms = draft_lengths([s.acceptance.value for s in decoding], rooms, self._step_cost)
         if self._draft_model is not None:
             proposals = self._draft_model.propose(
                 [(s.slot.seq_id, s.slot.cached + s.pending, room) for s, room in zip(decoding, rooms)]
@@ -412,7 +423,8 @@ class LlamaCppEngine:
             sequence.drafts = drafts
             sequence.pending.extend(drafts)
 
-    def _decode(self, members: list[_Sequence]) -> None:
+    def _decode(self, members: list[_Sequence]) -> float:
+        """Decodes the members' pending tokens and samples those that are due; returns llama_decode's seconds."""
         batch = self._batch
         batch.clear()
         outputs: list[tuple[_Sequence, list[int]]] = []  # a sequence and the batch rows of its logits
@@ -441,7 +453,9 @@ class LlamaCppEngine:
                 masks,
             )
         try:
+            started = time.perf_counter()
             status = batch.decode(self._ctx.ctx)
+            seconds = time.perf_counter() - started
         finally:
             if constrained:
                 pending_masks.result()
@@ -454,6 +468,7 @@ class LlamaCppEngine:
         for sequence, rows in outputs:
             self._sample(sequence, rows, mask_rows.get(id(sequence)))
         self._outbox.flush()  # now, not after the step's other decode: these tokens are ready
+        return seconds
 
     def _allowed(self, sequence: _Sequence, mask_row: np.ndarray | None, first: bool) -> np.ndarray | None:
         constraint = sequence.request.constraint
@@ -467,6 +482,7 @@ class LlamaCppEngine:
         """Samples the next token; with drafts, keeps each draft the model agrees with, then one more."""
         drafts, sequence.drafts = sequence.drafts, []
         valid = len(sequence.slot.cached) - len(drafts)  # KV cells that hold the sequence's real tokens
+        verified_before, accepted_before = sequence.drafted, sequence.accepted
         for position, row in enumerate(rows):
             allowed = self._allowed(sequence, mask_row, first=position == 0)
             if allowed is not None and not allowed.any():
@@ -487,8 +503,16 @@ class LlamaCppEngine:
             if not kept:
                 break
             valid += 1
+        self._learn_acceptance(sequence, sequence.drafted - verified_before, sequence.accepted - accepted_before)
         self._trim(sequence.slot, valid)  # drop the cells of drafts the model did not keep
         sequence.pending = [token]
+
+    def _learn_acceptance(self, sequence: _Sequence, verified: int, kept: int) -> None:
+        if sequence.acceptance is None:
+            return
+        sequence.acceptance.step(verified, kept)
+        if verified:
+            self._recent_acceptance.step(verified, kept)
 
     def _trim(self, slot: _Slot, length: int) -> None:
         if len(slot.cached) > length:

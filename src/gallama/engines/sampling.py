@@ -86,27 +86,16 @@ class SequenceSampler:
         return int(candidates[self.rng.choice(probs.size, p=probs)])
 
     def verify_draft(self, logits: np.ndarray, draft: int) -> tuple[int, bool]:
-        """Speculative sampling against a drafted token (a draft that proposes one token for sure).
+        """Samples this position as `choose` does; the draft stands if it is the token drawn.
 
-        Greedy: the draft stands if it is the argmax. Sampling: it stands with its
-        probability p(draft); otherwise the token comes from p without the draft,
-        which keeps the output distribution exactly the model's.
+        Both drafters propose one token for sure, so the speculative-sampling rule
+        (keep the draft with probability p(draft), else draw from p without it) is
+        the same as drawing from p and comparing: the output distribution is the
+        model's, and with one draw per position as without drafts, a seeded request
+        samples the same tokens whether or how much it drafts.
         """
-        if self.params.temperature <= 0.0:
-            token = int(np.argmax(logits))
-            return token, token == draft
-        candidates, probs = self.distribution(logits)
-        hit = np.flatnonzero(candidates == draft)
-        p_draft = float(probs[hit[0]]) if hit.size else 0.0
-        if p_draft > 0.0 and self.rng.random() < p_draft:
-            return draft, True
-        if hit.size:
-            probs = probs.copy()
-            probs[hit[0]] = 0.0
-            if probs.sum() <= 0.0:
-                return draft, True
-            probs /= probs.sum()
-        return int(candidates[self.rng.choice(probs.size, p=probs)]), False
+        token = self.choose(logits)
+        return token, token == draft
 
     def accept(self, token: int) -> None:
         self.generated_counts[token] += 1
