@@ -297,6 +297,10 @@ def gallama_server(model_path: str, threads: int, max_sequences: int, *extra: st
     return Server("gallama", command, port)
 
 
+# gallama's CPU default (see bench/flash_attention.py); peers run the same attention kernels.
+LLAMA_SERVER_FLASH_ATTENTION_OFF = ("-fa", "off")
+
+
 def llama_server(binary: str, model_path: str, threads: int, slots: int, context_per_slot: int, *extra: str) -> Server:
     port = free_port()
     command = [
@@ -333,7 +337,7 @@ def llama_cpp_python_server(model_path: str, threads: int, context: int) -> Serv
         sys.executable, str(BENCH_DIR / "lcp_norepack.py"), "llama_cpp.server",
         "--model", model_path, "--model_alias", "bench", "--host", "127.0.0.1", "--port", str(port),
         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(context),
-        "--flash_attn", "true", "--interrupt_requests", "false",  # queue concurrent requests instead of cutting them off
+        "--flash_attn", "false", "--interrupt_requests", "false",  # queue concurrent requests instead of cutting them off
     ]
     return Server("llama-cpp-python", command, port, ready_path="/v1/models", env=env)
 

@@ -39,7 +39,7 @@ def load_raw_engine(model_path: str, threads: int):
 
     return llama_cpp.Llama(
         model_path=model_path, n_ctx=CONTEXT, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=threads,
-        n_threads_batch=threads, flash_attn=True, verbose=False,
+        n_threads_batch=threads, flash_attn=False, verbose=False,
     )
 
 
@@ -202,7 +202,7 @@ on the same GGUF and prompt tokens (issue 2).
 - Command: `python bench/engine_overhead.py {" ".join(sys.argv[1:])}`
 - Versions: {common.versions("gallama", "llama-cpp-python", "fastapi", "uvicorn")}
 - Model: SmolLM2-135M-Instruct Q4_1 (the bundled default), {args.threads} threads, context 4096,
-  batch 512, flash attention on (llama.cpp's `auto` resolves to on here), all
+  batch 512, flash attention off (gallama's CPU default), all
   engines without weight repacking (`use_extra_bufts = False`).
 - Work: {len(common.PROMPTS)} chat prompts ({min(prompt_lengths)}-{max(prompt_lengths)} prompt tokens
   after the chat template) x {args.rounds} rounds per engine; temperature 0; exactly

@@ -29,7 +29,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
-ENGINES = ["gallama", "llama-server", "llama-cpp-python"]
+# llama-server-fa-on: llama-server with its default flash attention (on), for reference; the goals
+# compare with llama-server running gallama's CPU default (off), the same kernels.
+ENGINES = ["gallama", "llama-server", "llama-cpp-python", "llama-server-fa-on"]
 JSON_PROMPTS = [
     "Invent a person and describe them as JSON with their name, age, city and hobbies.",
     "Describe a fictional scientist as JSON: name, age, city and a list of hobbies.",
@@ -49,8 +51,11 @@ def start_servers(args, model_path: str) -> dict[str, common.Server]:
             server = common.gallama_server(
                 model_path, args.threads, args.slots, "--cache-size", str(args.slots * context)
             )
-        elif name == "llama-server":
-            server = common.llama_server(args.llama_server or common.llama_server_binary(), model_path, args.threads, args.slots, context)
+        elif name.startswith("llama-server"):
+            attention = () if name == "llama-server-fa-on" else common.LLAMA_SERVER_FLASH_ATTENTION_OFF
+            binary = args.llama_server or common.llama_server_binary()
+            server = common.llama_server(binary, model_path, args.threads, args.slots, context, *attention)
+            server.name = name
         else:
             server = common.llama_cpp_python_server(model_path, args.threads, context)
         servers[name] = server
@@ -234,8 +239,9 @@ the same run (issue 8).
   sdist of the same version (`bench/build_llama_server.sh`).
 - Model: SmolLM2-135M-Instruct Q4_1 (the bundled default). All engines without
   weight repacking (gallama `use_extra_bufts = False`, `llama-server --no-repack`,
-  llama-cpp-python through `bench/lcp_norepack.py`), flash attention on (llama.cpp's
-  `auto` resolves to on here; `--flash_attn true` for llama-cpp-python).
+  llama-cpp-python through `bench/lcp_norepack.py`), flash attention off (gallama's CPU
+  default, see the flash-attention section; `-fa off`, `--flash_attn false`), except the
+  `llama-server-fa-on` column: llama-server as it runs by default (flash attention on), for reference.
 - Servers: gallama `--threads {args.threads} --max-sequences {args.slots} --cache-size {args.slots * args.context_per_slot}`;
   llama-server `--threads {args.threads} --threads-batch {args.threads} -np {args.slots} -c {args.slots * args.context_per_slot} --no-repack`;
   llama-cpp-python `--n_threads {args.threads} --n_threads_batch {args.threads} --n_ctx {args.context_per_slot}`

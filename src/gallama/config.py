@@ -47,8 +47,8 @@ class ModelSpec(BaseModel):
     max_sequences: int | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     unified_kv: bool | None = None
-    # None: llama.cpp's choice (on). Off decodes up to 2x faster on a CPU at long contexts, but its
-    # batched logits differ from one-token steps even at short contexts (where with it on they do not).
+    # None: off on a CPU (batch-invariant greedy output, faster decoding past ~200 tokens of
+    # context: see engines/llama_cpp_setup.py), llama.cpp's choice (on) with GPU layers.
     flash_attention: bool | None = None
     chat_template: str | None = None
     draft_model_id: str | None = None

@@ -44,9 +44,11 @@ def test_a_short_prefix_elsewhere_is_not_worth_a_copy():
     assert (choice.slot.seq_id, choice.copy_from, choice.reused) == (5, None, 0)
 
 
-def test_reuse_keeps_one_prompt_token_to_decode():
+def test_reuse_keeps_two_prompt_tokens_to_decode():
+    # The last token's logits come from a batch of two rows, as in a full prefill.
     choice = choose_slot(slots(1, cached={1: PROMPT + [7]}), set(), PROMPT, contiguous=True)
-    assert choice.reused == len(PROMPT) - 1
+    assert choice.reused == len(PROMPT) - 2
+    assert choose_slot(slots(1, cached={1: [5, 6]}), set(), [5], contiguous=True).reused == 0
 
 
 def test_a_unified_cache_only_looks_at_the_prefix():

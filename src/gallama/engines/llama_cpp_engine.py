@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
 
 DEFAULT_SEQUENCE_CONTEXT = 4096
+# A prompt is fed in chunks of at least two tokens: llama.cpp computes a one-row chunk with
+# other kernels, and the prompt's cache and first token would depend on how it was chunked
+# (see slot_choice.DECODED_PROMPT_TAIL).
+MIN_PROMPT_CHUNK = 2
 
 
 class EngineError(RuntimeError):
@@ -153,7 +157,7 @@ class LlamaCppEngine:
         self._ctx = new_context(
             self._model, n_ctx=cache_size or per_sequence * (1 if unified_kv else max_sequences),
             max_sequences=max_sequences, n_threads=threads, n_batch=n_batch, unified_kv=unified_kv,
-            cache_quant=cache_quant, flash_attention=flash_attention,
+            cache_quant=cache_quant, flash_attention=flash_attention, on_gpu=n_gpu_layers > 0,
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
@@ -165,7 +169,7 @@ class LlamaCppEngine:
             self._draft_model = DraftModel(
                 draft_model_path, main_pieces=self._special_pieces, max_sequences=max_sequences,
                 context_length=self.context_length, cache_size=draft_cache_size, cache_quant=draft_cache_quant,
-                n_threads=threads, n_batch=n_batch, n_gpu_layers=draft_n_gpu_layers,
+                n_threads=threads, n_batch=n_batch, n_gpu_layers=draft_n_gpu_layers, flash_attention=flash_attention,
             )
 
         self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]
@@ -430,9 +434,12 @@ class LlamaCppEngine:
         outputs: list[tuple[_Sequence, list[int]]] = []  # a sequence and the batch rows of its logits
         fed: list[tuple[_Sequence, int]] = []
         for sequence in members:
-            if batch.room <= 0:
-                break
-            chunk = sequence.pending[: batch.room]
+            take = min(batch.room, len(sequence.pending))
+            if 1 < take < len(sequence.pending) < take + MIN_PROMPT_CHUNK:
+                take = len(sequence.pending) - MIN_PROMPT_CHUNK  # leave a tail the next step can take whole
+            if take < min(MIN_PROMPT_CHUNK, len(sequence.pending)):
+                break  # the batch is full
+            chunk = sequence.pending[:take]
             whole = len(chunk) == len(sequence.pending)
             logits = "none" if not whole else "all" if sequence.drafts else "last"  # "all": verify each draft
             rows = batch.add(chunk, len(sequence.slot.cached), sequence.slot.seq_id, logits)

@@ -34,9 +34,15 @@ class SlotChoice:
     copy_from: Slot | None = None  # a slot whose first `reused` cached tokens are copied into `slot` first
 
 
+# Prompt tokens always decoded, even when cached: the last one needs logits, and it gets them from
+# a batch of two or more rows of its sequence, as in a full prefill. llama.cpp multiplies one row
+# with another kernel than several (on x86 llamafile's sgemm serves two or more), so a prompt's
+# first token would otherwise come out differently cached and not.
+DECODED_PROMPT_TAIL = 2
+
+
 def _reusable(slot: Slot, prompt: list[int]) -> int:
-    # At least one prompt token is decoded so that the step yields logits.
-    return min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)
+    return max(0, min(common_prefix_length(slot.cached, prompt), len(prompt) - DECODED_PROMPT_TAIL))
 
 
 def _added_runs(slot: Slot, running: set[int]) -> int:
