@@ -17,6 +17,7 @@ REPEAT_HINT = re.compile(r"\b(more|repeat|as needed|additional)\b", re.IGNORECAS
 # empty: a small model otherwise loops on empty elements.
 TAG_TEXT = r"/[^<&]*[^<&\s][^<&]*/"
 MAX_REPEATS = 8  # a repeating element appears at most this often, so the thinking ends
+MIN_ELEMENT_TOKENS = 16
 
 
 class ThinkingTemplateError(ValueError):
@@ -39,8 +40,17 @@ class ThinkingTemplate:
             raise ThinkingTemplateError("thinking_template has no elements")
         return cls(source=source.strip(), root=root)
 
-    def grammar(self) -> str:
-        """A Lark grammar (llguidance dialect) that admits exactly this structure."""
+    def leaf_count(self) -> int:
+        return sum(1 for element in self.root.iter() if isinstance(element.tag, str) and not any(
+            isinstance(child.tag, str) for child in element))
+
+    def grammar(self, budget: int) -> str:
+        """A Lark grammar (llguidance dialect) that admits exactly this structure.
+
+        Each element's text gets at most an equal share of the `budget` tokens: a small
+        model can loop inside one element (seen: "You have 1." over and over in <answer>)
+        until the budget cuts the thinking off before the elements that follow.
+        """
         rules: list[str] = []
         counter = iter(range(10_000))
 
@@ -49,7 +59,7 @@ class ThinkingTemplate:
             children = [child for child in element if isinstance(child.tag, str)]
             opening, closing = json.dumps(f"<{element.tag}>"), json.dumps(f"</{element.tag}>")
             if not children:
-                rules.append(f"{name}: {opening} TAG_TEXT {closing}")
+                rules.append(f"{name}: {opening} tag_text {closing}")
                 return name
             parts = []
             items = list(element)
@@ -67,7 +77,8 @@ class ThinkingTemplate:
             return name
 
         top = rule_for(self.root)
-        return f"start: {top}\nTAG_TEXT: {TAG_TEXT}\n" + "\n".join(rules) + "\n"
+        share = max(MIN_ELEMENT_TOKENS, budget // self.leaf_count())
+        return f"start: {top}\ntag_text[max_tokens={share}]: {TAG_TEXT}\n" + "\n".join(rules) + "\n"
 
     def instruction(self) -> str:
         return (

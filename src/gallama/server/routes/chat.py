@@ -151,7 +151,7 @@ def start_thinking(
     # The answer's prompt will hold the thinking too: check the worst case now, not mid-answer.
     answer_limit = body.output_limit()
     output_budget(model, answer_tokens, budget + (answer_limit or 1), "thinking_max_tokens")
-    thinking_grammar = constraint_grammar(model, body, grammar_override=template.grammar(), param="thinking_template")
+    thinking_grammar = constraint_grammar(model, body, grammar_override=template.grammar(budget), param="thinking_template")
     thinking_specs = choice_specs(model, body, thinking_tokens, budget, None, [], grammar=thinking_grammar)
 
     def answer_spec(index: int):
