@@ -287,7 +287,7 @@ def goal_lines(rows: dict) -> list[str]:
             return f"- {label}: n/a (not measured)"
         met = value >= target if higher_is_better else value <= target
         sign = ">=" if higher_is_better else "<="
-        return f"- {label}: {value:.2f} (goal {sign} {target}): {'met' if met else 'missed'}"
+        return f"- {label}: {value:.3f} (goal {sign} {target}): {'met' if met else 'missed'}"
 
     lines = []
     if ls:
