@@ -2,9 +2,10 @@
 
 A drafted token becomes a batch row to verify. On a GPU a row is nearly free; on a
 CPU llama.cpp's kernels grow with the rows (measured on the bundled model at ~450
-tokens of context: 16 ms for one row, 60 ms for six), so a draft the model then
-rejects costs about half a step. Drafting pays where the tokens a row is expected
-to add, per second of decode it adds, beat what the step already yields.
+tokens of context: 12 ms for one row, 34 ms for six; with flash attention on, 16 and
+60), so a draft the model then rejects costs a third to half a step. Drafting pays
+where the tokens a row is expected to add, per second of decode it adds, beat what
+the step already yields.
 
 `StepCost` keeps the decode time of recent steps by their rows; each sequence's
 `AcceptanceRate` says how often its drafts were kept lately; `draft_lengths` picks
@@ -18,9 +19,10 @@ from __future__ import annotations
 class StepCost:
     """Recent decode seconds of a step, by its number of rows.
 
-    Measured per row count rather than fitted to a line: on a CPU the first extra
-    rows cost most (measured: 17, 30, 47 and 67 ms for 1, 2, 3 and 6 rows), and a
-    line through the counts in use would make the cheap larger ones look dear.
+    Measured per row count rather than fitted to a line: with flash attention on, a
+    CPU's first extra rows cost most (measured: 17, 30, 47 and 67 ms for 1, 2, 3 and
+    6 rows), and a line through the counts in use would make the cheap larger ones
+    look dear.
     A count not measured lately is assumed to cost what the next smaller measured
     one does, so it gets tried, and measured; a measurement not renewed for
     `forget_after` steps is dropped, so a slow moment is not held against a count forever.
