@@ -26,22 +26,17 @@ class SequenceSampler:
         self.generated_counts: Counter[int] = Counter()
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
-
-    def _needs_adjusting(self) -> bool:
-        p = self.params
-        return bool(
-            self._bias_ids.size
-            or (self.generated_counts and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0))
-        )
+        self._penalized = bool(params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0)
 
     def adjusted_logits(self, logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
         """Logits after logit_bias, penalties and the constraint mask (a copy if changed)."""
         p = self.params
-        if self._needs_adjusting():
+        penalize = self._penalized and bool(self.generated_counts)  # not with logit_bias alone
+        if self._bias_ids.size or penalize:
             logits = logits.copy()
             if self._bias_ids.size:
                 logits[self._bias_ids] += self._bias_values
-            if self.generated_counts:
+            if penalize:
                 ids = np.fromiter(self.generated_counts.keys(), dtype=np.int64)
                 counts = np.fromiter(self.generated_counts.values(), dtype=np.float32)
                 if p.repetition_penalty != 1.0:
