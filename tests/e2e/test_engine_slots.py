@@ -111,3 +111,8 @@ async def test_a_prompt_gives_the_same_output_fresh_and_from_the_cache():
         assert [(e.token, e.logprob) for e in cached] == [(e.token, e.logprob) for e in fresh]  # to the bit
     finally:
         engine.close()
+
+
+def test_a_batch_too_small_for_a_prompt_chunk_is_refused():
+    with pytest.raises(ValueError, match="n_batch must be at least 2"):
+        LlamaCppEngine(PATH, max_sequences=1, cache_size=1024, n_batch=1)

@@ -135,6 +135,8 @@ class LlamaCppEngine:
         draft_cache_quant: str | None = None,
         draft_n_gpu_layers: int = 0,
     ):
+        if n_batch < MIN_PROMPT_CHUNK:
+            raise ValueError(f"n_batch must be at least {MIN_PROMPT_CHUNK}: prompts are fed in chunks of that many tokens")
         if draft_mode not in (None, "ngram"):
             raise ValueError(f"unknown draft_mode {draft_mode!r}; this engine drafts with 'ngram' (prompt lookup)")
         if draft_mode and draft_model_path:
