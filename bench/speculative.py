@@ -124,8 +124,9 @@ async def measure(args, servers: dict[str, common.Server]) -> dict:
                             continue
                         common.count_first_chunk_tokens([result], tokenizer)
                         if result.decode_tokens_per_s:  # tokens and seconds after the first chunk
-                            decoded = result.tokens - result.first_chunk_tokens
-                            speeds[name, workload].append((decoded, decoded / result.decode_tokens_per_s))
+                            speeds[name, workload].append(
+                                (result.tokens - result.first_chunk_tokens, result.last_token_s - result.first_token_s)
+                            )
                         drafted, accepted = drafted_and_accepted(result)
                         drafts[name, workload][0] += drafted
                         drafts[name, workload][1] += accepted
