@@ -107,6 +107,7 @@ def serve(
     except SpecError as error:
         raise typer.BadParameter(str(error), param_hint="-id/--model") from None
     from gallama.router.front import create_front, group_specs
+    from gallama.router.handover import HandoverProtocol
     from gallama.router.pool import ModelPool
 
     pool = ModelPool(log_level="debug" if log_level == "debug" else "warning")
@@ -114,7 +115,8 @@ def serve(
                           max_body_bytes=int(max_body_mb * 1024 * 1024))
     front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin)
     # The workers end what is left once the grace period is over: a few seconds more cover that.
-    server_config = uvicorn.Config(front, host=host, port=port, log_level=log_level.lower(),
+    # HandoverProtocol: streamed responses go from the workers to the clients' sockets (gallama.server.handover).
+    server_config = uvicorn.Config(front, host=host, port=port, log_level=log_level.lower(), http=HandoverProtocol,
                                    access_log=False, timeout_graceful_shutdown=shutdown_grace + 5)
     # uvicorn's own loop choice (uvloop when installed), as uvicorn.run would make it.
     with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
@@ -130,12 +132,13 @@ def _split_keys(values: list[str]) -> list[str]:
 def worker(
     spec_json: str,
     log_level: Annotated[str, typer.Option()] = "warning",
+    handover_fd: Annotated[Optional[int], typer.Option()] = None,
 ) -> None:
     """One model instance (started by `serve`; not for direct use)."""
     from gallama.router.worker import run_worker
 
     _setup_logging(log_level)
-    raise typer.Exit(run_worker(spec_json, log_level))
+    raise typer.Exit(run_worker(spec_json, log_level, handover_fd))
 
 
 @app.command("list")

@@ -70,3 +70,26 @@ def test_cors_for_the_named_origin_only(guarded):
         assert allowed.headers.get("access-control-allow-origin") == "http://app.example"
         other = http.options("/v1/chat/completions", headers={**preflight, "Origin": "http://evil.example"})
         assert other.headers.get("access-control-allow-origin") is None
+
+
+def _streamed_200s(http) -> float:
+    line = next((line for line in http.get("/metrics").text.splitlines()
+                 if line.startswith('gallama_requests_total{endpoint="/v1/chat/completions",status="200"}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_streams_keep_request_ids_cors_and_metrics(guarded):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {**CHAT, "stream": True}
+    with httpx.Client(base_url=guarded.base_url, timeout=120) as http:
+        before = _streamed_200s(http)
+        # Written by the worker to the client's socket: the request id comes along.
+        with http.stream("POST", "/v1/chat/completions", json=body, headers={**headers, "x-request-id": "trace-8"}) as r:
+            assert r.read().decode().endswith("data: [DONE]\n\n")
+        assert r.headers["x-request-id"] == "trace-8" and r.headers["connection"] == "close"
+        # From a browser (an Origin) the front relays the stream, so that CORS headers are added.
+        browser = {**headers, "Origin": "http://app.example"}
+        with http.stream("POST", "/v1/chat/completions", json=body, headers=browser) as r:
+            assert r.read().decode().endswith("data: [DONE]\n\n")
+        assert r.headers["access-control-allow-origin"] == "http://app.example" and r.headers["x-request-id"]
+        assert _streamed_200s(http) == before + 2

@@ -38,6 +38,18 @@ def test_same_seed_same_draws_and_distribution():
     assert len(set(draws_a)) == 1
 
 
+def test_negative_and_64_bit_seeds_are_reproducible_and_distinct():
+    logits = logits_of(np.zeros(64))
+
+    def draws(seed):
+        sampler = SequenceSampler(SamplingParams(seed=seed), 64)
+        return [sampler.choose(logits) for _ in range(8)]
+
+    assert draws(-5) == draws(-5)
+    assert draws(-5) != draws(5)
+    assert draws(2**63 - 1 + 3) == draws(2**63 - 1 + 3)  # n choices add their index to the request's seed
+
+
 def test_top_k_one_is_greedy():
     sampler = SequenceSampler(SamplingParams(temperature=1.5, top_k=1, seed=0), 5)
     assert all(sampler.choose(logits_of([0, 1, 5, 2, 3])) == 2 for _ in range(20))

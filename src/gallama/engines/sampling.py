@@ -22,7 +22,8 @@ class SequenceSampler:
     def __init__(self, params: SamplingParams, vocab_size: int):
         self.params = params
         self.vocab_size = vocab_size
-        self.rng = np.random.default_rng(params.seed)
+        # numpy takes non-negative seeds only; modulo 2**64 maps every 64-bit seed to its own.
+        self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         self.generated_counts: Counter[int] = Counter()
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)

@@ -19,6 +19,7 @@ from gallama import __version__
 from gallama.config import ModelSpec, SpecError, load_config, resolve, spec_from_dict
 from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound
 from gallama.protocol.requests import StrictModel
+from gallama.router.handover import wants_handover
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
 from gallama.router.worker_metrics import scrape_workers
@@ -29,11 +30,14 @@ from gallama.server.guard import Guard, GuardSettings, Metrics
 ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
 
 
-def _model_of(body: bytes) -> str | None:
+def _payload(body: bytes) -> object:
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):  # the worker's validation answers these
         return None
+
+
+def _model_of(payload: object) -> str | None:
     model = payload.get("model") if isinstance(payload, dict) else None
     return model if isinstance(model, str) else None
 
@@ -74,7 +78,8 @@ def create_front(
 
     async def route(request: Request):
         body = await request.body()
-        model = _model_of(body)
+        payload = _payload(body)
+        model = _model_of(payload)
         if model is None:
             # No usable model field: any worker answers with the same validation error the model's own would.
             ready = [g for g in pool.groups.values() if g.pick() is not None]
@@ -83,7 +88,7 @@ def create_front(
             instance = ready[0].pick()
         else:
             instance = pool.route(model)
-        return await forward(client, instance, request, body)
+        return await forward(client, instance, request, body, handover=wants_handover(request, payload))
 
     # Plain Starlette routes: FastAPI's per-request dependency and validation machinery is pure overhead here.
     app.router.routes.extend(Route(path, route, methods=["POST"]) for path in ROUTED_PATHS)

@@ -13,6 +13,7 @@ from typing import Callable
 import httpx
 
 from gallama.config import ModelSpec
+from gallama.router.handover import HandoverChannel
 
 log = logging.getLogger("gallama")
 
@@ -53,6 +54,7 @@ class WorkerInstance:
         self.port: int | None = None
         self.facts: dict = {}
         self.process: asyncio.subprocess.Process | None = None
+        self.channel: HandoverChannel | None = None  # carries streamed requests' client sockets to the worker
         self._stopping = False
         self._watcher: asyncio.Task | None = None
 
@@ -66,10 +68,15 @@ class WorkerInstance:
 
     async def start(self) -> None:
         """Spawns the worker and returns once its model serves; raises WorkerFailed with its reason."""
+        if self.channel is not None:  # a restart: the old worker's channel went with it
+            self.channel.close()
+        self.channel = HandoverChannel()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gallama", "worker", self.spec.model_dump_json(), "--log-level", self.log_level,
+            "--handover-fd", str(self.channel.worker_fd), pass_fds=(self.channel.worker_fd,),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         )
+        self.channel.spawned()
         line = await self.process.stdout.readline()
         try:
             message = json.loads(line)
@@ -127,14 +134,15 @@ class WorkerInstance:
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
         process = self.process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+        if self.channel is not None:
+            self.channel.close()
 
 
 class ModelGroup:

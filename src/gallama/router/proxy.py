@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gallama.protocol.errors import ServiceUnavailable
+from gallama.router.handover import HandedOver
 from gallama.router.instances import WorkerInstance
+from gallama.server.handover import HANDED_OVER_TYPE, HANDOVER_HEADER
 
 # Per-connection headers that the front's own server sets again.
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
@@ -25,6 +27,10 @@ def worker_lost(instance: WorkerInstance, error: Exception) -> ServiceUnavailabl
         f"The worker serving '{instance.spec.model_name}' failed during this request ({type(error).__name__}); "
         "it is being restarted.", code="worker_unavailable", headers={"Retry-After": "2"},
     )
+
+
+def _ended(instance: WorkerInstance) -> None:
+    instance.outstanding -= 1
 
 
 def _headers(upstream: httpx.Response) -> dict[str, str]:
@@ -51,7 +57,7 @@ class _Relay(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.instance.outstanding -= 1
+            _ended(self.instance)
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
 
@@ -61,14 +67,21 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def forward(client: httpx.AsyncClient, instance: WorkerInstance, request: Request, body: bytes) -> Response:
+async def forward(
+    client: httpx.AsyncClient, instance: WorkerInstance, request: Request, body: bytes, handover: bool = False
+) -> Response:
+    """Relays the request; with `handover`, offers the worker the client's socket to stream to itself."""
     instance.outstanding += 1
     instance.requests += 1
-    upstream_request = client.build_request(
-        request.method, instance.base_url + request.url.path, content=body,
-        headers={"content-type": request.headers.get("content-type", "application/json")},
-    )
-    handed_over = False  # a relayed stream gives the instance back when it ends
+    headers = {"content-type": request.headers.get("content-type", "application/json")}
+    if "x-request-id" in request.headers:  # a handed-over stream's response carries it from the worker
+        headers["x-request-id"] = request.headers["x-request-id"]
+    token = instance.channel.offer(request) if handover and instance.channel is not None else None
+    if token is not None:
+        headers[HANDOVER_HEADER] = token
+    upstream_request = client.build_request(request.method, instance.base_url + request.url.path, content=body,
+                                            headers=headers)
+    released_by_response = False  # a relayed or handed-over stream gives the instance back when it ends
     exchange = asyncio.ensure_future(client.send(upstream_request, stream=True))
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -81,8 +94,11 @@ async def forward(client: httpx.AsyncClient, instance: WorkerInstance, request: 
         except httpx.HTTPError as error:
             raise worker_lost(instance, error) from None
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            handed_over = True
+            released_by_response = True
             return _Relay(upstream, instance)
+        if upstream.headers.get("content-type") == HANDED_OVER_TYPE:
+            released_by_response = True
+            return HandedOver(upstream, on_end=lambda: _ended(instance), lost=lambda error: worker_lost(instance, error))
         reading = asyncio.ensure_future(upstream.aread())
         await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
         if not reading.done():
@@ -98,5 +114,5 @@ async def forward(client: httpx.AsyncClient, instance: WorkerInstance, request: 
         return Response(content, status_code=upstream.status_code, headers=_headers(upstream))
     finally:
         gone.cancel()
-        if not handed_over:
-            instance.outstanding -= 1
+        if not released_by_response:
+            _ended(instance)

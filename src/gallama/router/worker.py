@@ -1,6 +1,7 @@
 """The worker process: one model instance behind the single-model app, on a free localhost port.
 
-The front starts it as `python -m gallama worker SPEC_JSON` and reads one JSON line from
+The front starts it as `python -m gallama worker SPEC_JSON --handover-fd N` (N: its end of the
+channel that carries client sockets, see gallama.server.handover) and reads one JSON line from
 its stdout: `{"port": ..., ...facts}` once the model serves, or `{"error": ...}`.
 """
 
@@ -23,6 +24,7 @@ from gallama.router.loading import load_served, memory_facts
 from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app
 from gallama.server.graceful import GracefulServer
+from gallama.server.handover import DropUnclaimedSockets, HandoverInbox
 
 log = logging.getLogger("gallama.worker")
 
@@ -40,7 +42,7 @@ def _report(message: dict) -> None:
     sys.stdout.flush()
 
 
-def run_worker(spec_json: str, log_level: str = "warning") -> int:
+def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | None = None) -> int:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     spec = ModelSpec.model_validate_json(spec_json)
     started = time.perf_counter()
@@ -63,8 +65,11 @@ def run_worker(spec_json: str, log_level: str = "warning") -> int:
         "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         **memory_facts(served),
     })
-    config = uvicorn.Config(create_app(registry), log_level=log_level, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=5)
+    app = create_app(registry)
+    if handover_fd is not None:  # the front hands streamed requests' sockets over this channel
+        app.state.handover = HandoverInbox(socket.socket(fileno=handover_fd))
+        app.add_middleware(DropUnclaimedSockets, inbox=app.state.handover)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
 
     async def end_generations() -> None:
         # The front waits out its grace period before it stops a worker: whatever still runs ends now,

@@ -16,6 +16,8 @@ from typing import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gallama.server.handover import HANDED_OVER_STATUS
+
 log = logging.getLogger("gallama.requests")
 
 ADMIN_PATHS = ("/add_model", "/remove_model")
@@ -65,7 +67,10 @@ class Guard:
         started = time.perf_counter()
         path = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = headers.get("x-request-id")
+        if not request_id:  # the route passes it on to a worker that answers the client itself
+            request_id = uuid.uuid4().hex
+            scope["headers"] = [*scope["headers"], (b"x-request-id", request_id.encode())]
         status_box = {"status": 500}
 
         async def send_with_id(message):
@@ -86,6 +91,7 @@ class Guard:
                 await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
+            status_box["status"] = scope.get(HANDED_OVER_STATUS, status_box["status"])
             endpoint = path if path.startswith(("/v1/", "/tokenize", "/detokenize")) else "other"
             self.metrics.requests.labels(endpoint, str(status_box["status"])).inc()
             self.metrics.latency.labels(endpoint).observe(elapsed)

@@ -6,10 +6,12 @@ import json
 import logging
 from typing import Any, AsyncIterator
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from starlette.requests import Request
 
 from gallama.protocol.errors import APIError
 from gallama.server.choices import ChoiceRun
+from gallama.server.handover import handed_over
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,15 @@ async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) 
     yield _event("[DONE]")
 
 
-def sse_response(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) -> StreamingResponse:
-    return StreamingResponse(
-        _frames(chunks, runs),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def sse_response(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], request: Request) -> Response:
+    frames = _frames(chunks, runs)
+
+    def stop() -> None:
+        for run in runs:
+            run.cancel()
+
+    own_socket = handed_over(request, frames, {"content-type": "text/event-stream; charset=utf-8", **SSE_HEADERS}, stop)
+    return own_socket or StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -131,7 +131,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = stream_chunks(runs, outputs, header, len(prompt_tokens), include_usage, body.logprobs)
-        return sse_response(chunks, runs)
+        return sse_response(chunks, runs, request)
     return await complete(runs, outputs, header, len(prompt_tokens), body.logprobs)
 
 

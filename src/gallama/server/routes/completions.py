@@ -65,7 +65,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     header = ResponseHeader("cmpl", "text_completion", body.model)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(stream_chunks(model, runs, header, echoes, n_prompt, include_usage, body.logprobs), runs)
+        return sse_response(stream_chunks(model, runs, header, echoes, n_prompt, include_usage, body.logprobs), runs, request)
     return await complete(model, runs, header, echoes, n_prompt, body.logprobs)
 
 
