@@ -125,10 +125,13 @@ async def test_sampling_draws_the_same_tokens_as_without_drafts(engines):
     tokens = prompt(plain, f"Repeat this text exactly: {TEXT}")
     for engine in engines:  # the same cache state on both sides (see the test above)
         await generate(engine, tokens, max_tokens=3, temperature=0.7, seed=5)
-    expected, _ = await generate(plain, tokens, temperature=0.7, seed=5)
-    got, last = await generate(speculative, tokens, temperature=0.7, seed=5)
-    assert got == expected
-    assert last.accepted > 0
+    accepted = 0
+    for seed in (5, 6, 7):  # some draws leave the text early: drafts must have been kept in one at least
+        expected, _ = await generate(plain, tokens, temperature=0.7, seed=seed)
+        got, last = await generate(speculative, tokens, temperature=0.7, seed=seed)
+        assert got == expected
+        accepted += last.accepted
+    assert accepted > 0
 
 
 async def test_default_engine_differs_only_at_near_ties():

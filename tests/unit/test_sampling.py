@@ -91,3 +91,31 @@ def test_log_softmax_and_top_logprobs():
     top = top_logprobs(logprobs, 2)
     assert [t for t, _ in top] == [2, 1]
     assert top_logprobs(logprobs, 0) == []
+
+
+def _reference_distribution(logits, temperature, top_k, top_p, min_p):
+    """The textbook order: sort every candidate, then cut by top-k, top-p and min-p."""
+    scaled = logits.astype(np.float64) / temperature
+    order = np.argsort(-scaled, kind="stable")
+    order = order[scaled[order] >= scaled.max() - 30.0]
+    if top_k:
+        order = order[:top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    keep = min(probs.size, int(np.searchsorted(np.cumsum(probs), top_p)) + 1)
+    keep = min(keep, max(1, int(np.count_nonzero(probs >= min_p * probs[0]))))
+    return dict(zip(order[:keep].tolist(), (probs[:keep] / probs[:keep].sum()).tolist()))
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.0), (0, 0.9, 0.0), (40, 0.95, 0.05), (0, 0.999, 0.0),
+                                               (0, 0.5, 0.1), (7, 1.0, 0.2)])
+def test_distribution_without_a_full_sort_matches_the_sorted_one(top_k, top_p, min_p):
+    rng = np.random.default_rng(3)
+    for temperature in (0.3, 1.0, 1.7):
+        logits = (rng.standard_normal(49152) * 4).astype(np.float32)  # a vocabulary-sized row, most tokens candidates
+        sampler = SequenceSampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p), 49152)
+        tokens, probs = sampler.distribution(logits)
+        found = dict(zip(tokens.tolist(), probs.tolist()))
+        expected = _reference_distribution(logits, temperature, top_k, top_p, min_p)
+        assert found.keys() == expected.keys()
+        assert np.allclose([found[t] for t in expected], list(expected.values()), rtol=1e-9)

@@ -50,36 +50,36 @@ class SequenceSampler:
         return logits
 
     def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The tokens sampling may pick and their probabilities, after temperature, top-k, top-p, min-p."""
+        """The tokens sampling may pick and their probabilities, after temperature, top-k, top-p, min-p.
+
+        Without a full sort: at temperature 1 nearly the whole vocabulary is a candidate, and
+        sorting SmolLM2's 49k tokens took 4 ms a token here. Only top-p needs an order.
+        """
         p = self.params
         scaled = logits.astype(np.float64) / p.temperature
         best = scaled.max()
         if not np.isfinite(best):
             return np.array([int(np.argmax(logits))]), np.ones(1)
-        # Tokens more than e^30 times less likely than the best carry no probability
-        # worth sampling; dropping them first keeps the sort below small.
+        # Tokens more than e^30 times less likely than the best carry no probability worth sampling.
         candidates = np.flatnonzero(scaled >= best - NEGLIGIBLE_LOG_RATIO)
         if p.top_k and p.top_k < candidates.size:
-            top = np.argpartition(scaled[candidates], -p.top_k)[-p.top_k :]
-            candidates = candidates[top]
-        values = scaled[candidates]
-        order = np.argsort(-values, kind="stable")
-        candidates, values = candidates[order], values[order]
-        probs = np.exp(values - values[0])
-        probs /= probs.sum()
-        keep = probs.size
+            candidates = candidates[np.argpartition(scaled[candidates], -p.top_k)[-p.top_k :]]
+        weights = np.exp(scaled[candidates] - best)  # the best token weighs 1
         if p.top_p < 1.0:
-            keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
+            candidates, weights = _nucleus(candidates, weights, p.top_p)
         if p.min_p > 0.0:
-            keep = min(keep, max(1, int(np.count_nonzero(probs >= p.min_p * probs[0]))))
-        return candidates[:keep], probs[:keep] / probs[:keep].sum()
+            keep = weights >= p.min_p  # relative to the best, which always stays
+            candidates, weights = candidates[keep], weights[keep]
+        return candidates, weights / weights.sum()
 
     def choose(self, logits: np.ndarray) -> int:
         """Picks a token from adjusted logits."""
         if self.params.temperature <= 0.0:
             return int(np.argmax(logits))
         candidates, probs = self.distribution(logits)
-        return int(candidates[self.rng.choice(probs.size, p=probs)])
+        # One uniform draw through the CDF, as Generator.choice does, without its checks of p (a third of the time).
+        cdf = np.cumsum(probs)
+        return int(candidates[min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), cdf.size - 1)])
 
     def verify_draft(self, logits: np.ndarray, draft: int) -> tuple[int, bool]:
         """Samples this position as `choose` does; the draft stands if it is the token drawn.
@@ -95,6 +95,26 @@ class SequenceSampler:
 
     def accept(self, token: int) -> None:
         self.generated_counts[token] += 1
+
+
+def _nucleus(candidates: np.ndarray, weights: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fewest best tokens whose share of the weight reaches top_p, best first.
+
+    Sorts the best 64 first, then 8 times more while they fall short: the mass sits in few tokens.
+    """
+    target = top_p * weights.sum()
+    size = 64
+    while True:
+        if size >= weights.size:
+            top = np.argsort(-weights, kind="stable")
+        else:
+            top = np.argpartition(-weights, size - 1)[:size]
+            top = top[np.argsort(-weights[top], kind="stable")]
+        mass = np.cumsum(weights[top])
+        if mass[-1] >= target or top.size == weights.size:
+            keep = min(int(np.searchsorted(mass, target)) + 1, top.size)
+            return candidates[top[:keep]], weights[top[:keep]]
+        size *= 8
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
