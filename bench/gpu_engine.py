@@ -1,0 +1,101 @@
+"""The llama.cpp engine with every layer on a GPU: batch invariance, decode speed, speculation.
+
+Engine level (no HTTP), so that it runs where only llama-cpp-python (a CUDA build), llguidance and
+numpy are installed, as on a lent GPU machine:
+
+    python bench/gpu_engine.py --model SmolLM2.gguf [--gpu-layers 999] [--max-tokens 128]
+
+Reports: whether greedy output is the same alone and beside other requests (prompts past 512
+tokens included), single-stream and 8-stream decode tokens/s, and n-gram speculation's speed-up on
+a rewrite (greedy, as llama.cpp's own verify batch makes it) with how many outputs equal the plain
+ones. Prints a markdown section to paste into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from gallama.engines.base import GenerationRequest, SamplingParams  # noqa: E402
+from gallama.engines.llama_cpp_engine import LlamaCppEngine  # noqa: E402
+
+TEXT = ("My sister loves to travel. Every summer she visits a new country, learns a few words of its "
+        "language and sends us postcards. Last year she went to Portugal and stayed in a small town by the sea.")
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a refrigerator works.",
+    f"Summarize this text in one sentence: {TEXT * 12}",  # past 512 tokens of context
+    "List ten facts about the moon.",
+]
+REWRITE = f"Rewrite the following text word for word, changing only the word 'sister' to 'brother':\n\n{TEXT}"
+
+
+def chat(engine: LlamaCppEngine, text: str) -> list[int]:
+    return engine.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+
+
+async def run(engine: LlamaCppEngine, tokens: list[int], max_tokens: int, ban_end: bool = False):
+    bias = {t: -100.0 for t in range(engine.vocab_size) if engine.is_end_of_generation(t)} if ban_end else {}
+    request = GenerationRequest(list(tokens), max_tokens, SamplingParams(temperature=0, logit_bias=bias))
+    first = None
+    out = []
+    async for event in engine.generate(request):
+        first = first or time.perf_counter()
+        out.append(event.token)
+    return out, first, time.perf_counter(), event
+
+
+async def invariance(engine: LlamaCppEngine, max_tokens: int) -> tuple[int, int]:
+    prompts = [chat(engine, p) for p in PROMPTS]
+    alone = [(await run(engine, p, max_tokens))[0] for p in prompts]
+    together = await asyncio.gather(*(run(engine, p, max_tokens) for p in prompts))
+    return sum(a == t[0] for a, t in zip(alone, together)), len(prompts)
+
+
+async def decode_rate(engine: LlamaCppEngine, streams: int, max_tokens: int) -> float:
+    """Tokens after each stream's first, over the time from the first first token to the last token."""
+    prompts = [chat(engine, f"{n}: {PROMPTS[n % len(PROMPTS)]}") for n in range(streams)]
+    results = await asyncio.gather(*(run(engine, p, max_tokens, ban_end=True) for p in prompts))
+    return sum(len(r[0]) - 1 for r in results) / (max(r[2] for r in results) - min(r[1] for r in results))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--gpu-layers", type=int, default=999, help="999: every layer, as a spec with gpus= asks")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    common = {"max_sequences": 8, "cache_size": 8 * 2048, "n_gpu_layers": args.gpu_layers}
+    lines = [f"## GPU engine check ({args.model.rsplit('/', 1)[-1]}, n_gpu_layers={args.gpu_layers})", ""]
+    plain = LlamaCppEngine(args.model, **common)
+    try:
+        await run(plain, chat(plain, "Hi"), 8)  # warm-up
+        same, total = await invariance(plain, args.max_tokens)
+        lines.append(f"- greedy output alone = beside 3 others: {same}/{total} prompts ({args.max_tokens} tokens)")
+        for streams in (1, 8):
+            rate = await decode_rate(plain, streams, args.max_tokens)
+            lines.append(f"- {streams} stream{'s' if streams > 1 else ''}: {rate:.0f} tokens/s in all")
+        base_tokens, base_first, base_end, _ = await run(plain, chat(plain, REWRITE), args.max_tokens)
+    finally:
+        plain.close()
+    drafted = LlamaCppEngine(args.model, draft_mode="ngram", **common)
+    try:
+        await run(drafted, chat(drafted, "Hi"), 8)
+        tokens, first, end, last = await run(drafted, chat(drafted, REWRITE), args.max_tokens)
+    finally:
+        drafted.close()
+    plain_rate, drafted_rate = (len(base_tokens) - 1) / (base_end - base_first), (len(tokens) - 1) / (end - first)
+    lines.append(
+        f"- n-gram speculation on the rewrite: {plain_rate:.0f} -> {drafted_rate:.0f} "
+        f"tokens/s ({drafted_rate / plain_rate:.2f}x), {last.accepted}/{last.drafted} "
+        f"drafts kept, output {'equal to' if tokens == base_tokens else 'different from'} the plain one"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
