@@ -114,6 +114,12 @@ def idle_state(base_url: str) -> dict:
             return model
 
 
+def open_fds(pids: list[int]) -> int:
+    """File descriptors the server's processes hold: a client socket's copy left in a worker would add up here."""
+    time.sleep(1.0)  # the last clients' connections close on the server's side
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids if os.path.isdir(f"/proc/{pid}/fd"))
+
+
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
     return head.stdout.strip() or "unknown"
@@ -124,8 +130,9 @@ def report(args, outcomes: Counter, memory: dict[str, float], idle: dict, minute
     server_errors = sum(n for o, n in outcomes.items() if ": 5xx" in o)
     lost = sum(n for o, n in outcomes.items() if ": lost" in o)
     growth = (memory["end"] - memory["warm"]) / memory["warm"] * 100
+    fds_grew = memory["fds_end"] - memory["fds_warm"]
     rows = "\n".join(f"| {outcome} | {n} |" for outcome, n in sorted(outcomes.items()))
-    verdict = "met" if server_errors == 0 and lost == 0 and growth < 5 else "NOT met"
+    verdict = "met" if server_errors == 0 and lost == 0 and growth < 5 and fds_grew <= 0 else "NOT met"
     return f"""\
 `python bench/soak.py --clients {args.clients} --minutes {args.minutes:g} --warmup {args.warmup:g} --write` on {today()},
 commit {commit()}; {machine_description()}; {versions('llama_cpp_python')}.
@@ -138,7 +145,9 @@ means nothing; the point is what fails and what grows.
 - after the load: {idle['running']} running and {idle['queued']} queued sequences
 - resident memory, front plus worker: {memory['start']:.0f} MiB just started, {memory['warm']:.0f} MiB after
   the {args.warmup:g} s warm-up, {memory['end']:.0f} MiB at the end: growth {growth:+.1f}% over the soak
-- goal (no 5xx, no lost request, memory growth under 5%): {verdict}
+- open file descriptors, front plus worker, with no client connected: {memory['fds_warm']:.0f} after the
+  warm-up, {memory['fds_end']:.0f} at the end
+- goal (no 5xx, no lost request, memory growth under 5%, no descriptor left behind): {verdict}
 
 | request kind: outcome | count |
 |---|---|
@@ -166,11 +175,14 @@ def main() -> None:
         memory = {"start": rss_mib(process_tree(server.process.pid))}
         asyncio.run(soak(server.base_url, args.clients, args.warmup, args.seed + 1000))
         memory["warm"] = rss_mib(process_tree(server.process.pid))
+        idle_state(server.base_url)
+        memory["fds_warm"] = open_fds(process_tree(server.process.pid))
         began = time.monotonic()
         outcomes = asyncio.run(soak(server.base_url, args.clients, args.minutes * 60, args.seed))
         minutes = (time.monotonic() - began) / 60
         idle = idle_state(server.base_url)
         memory["end"] = rss_mib(process_tree(server.process.pid))
+        memory["fds_end"] = open_fds(process_tree(server.process.pid))
         load.append(os.getloadavg()[0])
     finally:
         server.stop()

@@ -86,7 +86,9 @@ SCHEMAS = {
         "$defs": {
             "point": {
                 "type": "object",
-                "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                # Bounded: at temperature 0.7 an unbounded integer can run on digit by digit past max_tokens.
+                "properties": {"x": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                               "y": {"type": "integer", "minimum": -1000, "maximum": 1000}},
                 "required": ["x", "y"],
                 "additionalProperties": False,
             }
