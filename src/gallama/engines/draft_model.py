@@ -61,7 +61,7 @@ class DraftModel:
         self._ctx = new_context(
             self._model, n_ctx=cache_size or context_length * max_sequences, max_sequences=max_sequences,
             n_threads=n_threads, n_batch=n_batch, unified_kv=False, cache_quant=cache_quant,
-            flash_attention=flash_attention, on_gpu=n_gpu_layers > 0,
+            flash_attention=flash_attention, n_gpu_layers=n_gpu_layers,
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)

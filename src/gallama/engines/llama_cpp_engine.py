@@ -159,7 +159,7 @@ class LlamaCppEngine:
         self._ctx = new_context(
             self._model, n_ctx=cache_size or per_sequence * (1 if unified_kv else max_sequences),
             max_sequences=max_sequences, n_threads=threads, n_batch=n_batch, unified_kv=unified_kv,
-            cache_quant=cache_quant, flash_attention=flash_attention, on_gpu=n_gpu_layers > 0,
+            cache_quant=cache_quant, flash_attention=flash_attention, n_gpu_layers=n_gpu_layers,
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
@@ -401,10 +401,9 @@ class LlamaCppEngine:
         if decoding and self.draft_mode:
             self._draft(decoding)
         if decoding:
-            rows = sum(len(s.pending) for s in decoding)
             seconds = self._decode(decoding)
             if self.draft_mode:
-                self._step_cost.observe(rows, seconds)
+                self._step_cost.observe(self._batch.size, seconds)  # the rows that step decoded
         if prefilling:
             self._decode(prefilling)
 

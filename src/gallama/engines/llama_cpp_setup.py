@@ -34,7 +34,7 @@ def new_context(
     unified_kv: bool,
     cache_quant: str | None,
     flash_attention: bool | None = None,
-    on_gpu: bool = False,
+    n_gpu_layers: int = 0,
 ) -> _internals.LlamaContext:
     """`flash_attention` None: off on a CPU (see below), llama.cpp's choice (on) with GPU layers."""
     params = llama_cpp.llama_context_default_params()
@@ -48,7 +48,7 @@ def new_context(
     # budget but changes numerics with the batch's cache layout.
     params.kv_unified = unified_kv
     params.no_perf = True
-    if flash_attention is None and not on_gpu:
+    if flash_attention is None and n_gpu_layers <= 0:
         # llama.cpp's CPU flash-attention kernel computes one query row with the KV
         # split across threads once it holds 512+ cells, and several rows without the
         # split: a sequence's logits then depend on what shares its batch, and greedy

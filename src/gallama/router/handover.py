@@ -1,25 +1,19 @@
 """The front's half of a stream handover (the why and the protocol: gallama.server.handover).
 
 The front offers the client's socket to the worker before forwarding a streamed request; if the
-worker answers HANDED_OVER_TYPE, the worker writes the stream and the front only waits for its end.
+worker answers HANDED_OVER_TYPE, the worker writes the stream and the front only waits for its end
+(`router.proxy.HandedOver`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import socket
-from typing import Callable
 
-import anyio
-import httpx
 from starlette.requests import Request
-from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gallama.protocol.errors import ServiceUnavailable
-from gallama.server.handover import HANDED_OVER_STATUS, LAST_CHUNK, chunk
 
 TRANSPORT = "gallama.transport"  # scope extension: the client connection's transport
 
@@ -67,42 +61,3 @@ class HandoverChannel:
 def wants_handover(request: Request, payload: object) -> bool:
     # Middleware that adds response headers (CORS answers requests with an Origin) needs the front to send them.
     return isinstance(payload, dict) and payload.get("stream") is True and "origin" not in request.headers
-
-
-class HandedOver(Response):
-    """The worker writes this stream to the client; the front waits for its end, then closes the connection."""
-
-    def __init__(self, upstream: httpx.Response, on_end: Callable[[], None],
-                 lost: Callable[[Exception], ServiceUnavailable]):
-        self.upstream = upstream
-        self.on_end = on_end
-        self.lost = lost
-        self.background = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        transport: asyncio.Transport = scope["extensions"][TRANSPORT]
-
-        async def client_gone() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        reading = asyncio.ensure_future(self.upstream.aread())
-        gone = asyncio.ensure_future(client_gone())
-        try:
-            await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
-            if not reading.done():  # closing the worker's request tells it the client left
-                reading.cancel()
-            elif isinstance(error := reading.exception(), httpx.HTTPError) and not transport.is_closing():
-                # The worker died mid-stream: end the client's stream as a relayed one ends.
-                event = f"data: {json.dumps(self.lost(error).body())}\n\ndata: [DONE]\n\n".encode()
-                transport.write(chunk(event) + LAST_CHUNK)
-        finally:
-            gone.cancel()
-            self.on_end()
-            with anyio.CancelScope(shield=True):
-                await self.upstream.aclose()
-            scope[HANDED_OVER_STATUS] = 200
-            transport.close()  # the response said `Connection: close`
-        # uvicorn sends nothing on a connection it knows is gone.
-        while (await receive())["type"] != "http.disconnect":
-            pass

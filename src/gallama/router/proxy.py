@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gallama.protocol.errors import ServiceUnavailable
-from gallama.router.handover import HandedOver
+from gallama.router.handover import TRANSPORT
 from gallama.router.instances import WorkerInstance
-from gallama.server.handover import HANDED_OVER_TYPE, HANDOVER_HEADER
+from gallama.server.handover import HANDED_OVER_STATUS, HANDED_OVER_TYPE, HANDOVER_HEADER, LAST_CHUNK, chunk
 
 # Per-connection headers that the front's own server sets again.
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
@@ -29,8 +29,9 @@ def worker_lost(instance: WorkerInstance, error: Exception) -> ServiceUnavailabl
     )
 
 
-def _ended(instance: WorkerInstance) -> None:
-    instance.outstanding -= 1
+def _lost_event(instance: WorkerInstance, error: Exception) -> bytes:
+    """The end of a stream whose worker failed: an error event, as OpenAI's streams carry errors."""
+    return f"data: {json.dumps(worker_lost(instance, error).body())}\n\ndata: [DONE]\n\n".encode()
 
 
 def _headers(upstream: httpx.Response) -> dict[str, str]:
@@ -49,21 +50,50 @@ class _Relay(StreamingResponse):
         try:
             async for chunk in self.upstream.aiter_raw():
                 yield chunk
-        except httpx.HTTPError as error:
-            # Headers are sent: the failure travels as an error event, as OpenAI's streams do.
-            yield f"data: {json.dumps(worker_lost(self.instance, error).body())}\n\ndata: [DONE]\n\n".encode()
+        except httpx.HTTPError as error:  # headers are sent: the failure travels as an event
+            yield _lost_event(self.instance, error)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            _ended(self.instance)
+            self.instance.outstanding -= 1
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
 
 
-async def _until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+class HandedOver(Response):
+    """The worker writes this stream to the client; the front waits for its end, then closes the connection."""
+
+    def __init__(self, upstream: httpx.Response, instance: WorkerInstance):
+        self.upstream = upstream
+        self.instance = instance
+        self.background = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        transport: asyncio.Transport = scope["extensions"][TRANSPORT]
+        reading = asyncio.ensure_future(self.upstream.aread())
+        gone = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():  # closing the worker's request tells it the client left
+                reading.cancel()
+            elif isinstance(error := reading.exception(), httpx.HTTPError) and not transport.is_closing():
+                # The worker died mid-stream: end the client's stream as a relayed one ends.
+                transport.write(chunk(_lost_event(self.instance, error)) + LAST_CHUNK)
+        finally:
+            gone.cancel()
+            self.instance.outstanding -= 1
+            with anyio.CancelScope(shield=True):
+                await self.upstream.aclose()
+            scope[HANDED_OVER_STATUS] = 200
+            transport.close()  # the response said `Connection: close`
+        # uvicorn sends nothing on a connection it knows is gone.
+        await _until_disconnect(receive)
+
+
+async def _until_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
@@ -83,7 +113,7 @@ async def forward(
                                             headers=headers)
     released_by_response = False  # a relayed or handed-over stream gives the instance back when it ends
     exchange = asyncio.ensure_future(client.send(upstream_request, stream=True))
-    gone = asyncio.ensure_future(_until_disconnect(request))
+    gone = asyncio.ensure_future(_until_disconnect(request.receive))
     try:
         await asyncio.wait((exchange, gone), return_when=asyncio.FIRST_COMPLETED)
         if not exchange.done():  # the client left before the worker answered
@@ -98,7 +128,7 @@ async def forward(
             return _Relay(upstream, instance)
         if upstream.headers.get("content-type") == HANDED_OVER_TYPE:
             released_by_response = True
-            return HandedOver(upstream, on_end=lambda: _ended(instance), lost=lambda error: worker_lost(instance, error))
+            return HandedOver(upstream, instance)
         reading = asyncio.ensure_future(upstream.aread())
         await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
         if not reading.done():
@@ -115,4 +145,4 @@ async def forward(
     finally:
         gone.cancel()
         if not released_by_response:
-            _ended(instance)
+            instance.outstanding -= 1

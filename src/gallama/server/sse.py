@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from typing import Any, AsyncIterator
 
 from fastapi.responses import Response, StreamingResponse
@@ -21,6 +22,11 @@ def _event(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
+def _cancel(runs: list[ChoiceRun]) -> None:
+    for run in runs:
+        run.cancel()
+
+
 async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
@@ -33,8 +39,7 @@ async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) 
         yield _event({"error": {"message": f"generation failed: {error}", "type": "server_error", "param": None, "code": None}})
     finally:
         # Also reached when the client disconnects and the response task is cancelled.
-        for run in runs:
-            run.cancel()
+        _cancel(runs)
     yield _event("[DONE]")
 
 
@@ -43,10 +48,6 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def sse_response(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], request: Request) -> Response:
     frames = _frames(chunks, runs)
-
-    def stop() -> None:
-        for run in runs:
-            run.cancel()
-
-    own_socket = handed_over(request, frames, {"content-type": "text/event-stream; charset=utf-8", **SSE_HEADERS}, stop)
+    own_socket = handed_over(request, frames, {"content-type": "text/event-stream; charset=utf-8", **SSE_HEADERS},
+                             stop=partial(_cancel, runs))
     return own_socket or StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
