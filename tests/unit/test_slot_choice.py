@@ -1,4 +1,4 @@
-"""Slot choice: prefix reuse first, but running sequences stay on consecutive ids."""
+"""Slot choice: prefix reuse first, other conversations kept, running sequences on consecutive ids."""
 
 from dataclasses import dataclass, field
 
@@ -55,3 +55,19 @@ def test_a_unified_cache_only_looks_at_the_prefix():
     free = slots(0, 5, cached={0: PROMPT[:10]})
     choice = choose_slot(free, {3, 4}, PROMPT, contiguous=False)
     assert (choice.slot.seq_id, choice.copy_from, choice.reused) == (0, None, 10)
+
+
+def test_a_prompt_sharing_only_a_prefix_leaves_that_slot_its_conversation():
+    conversation = PROMPT[:30] + list(range(5000, 5100))  # a shared system prompt, then one request's own turns
+    free = slots(0, 1, 2, cached={0: conversation})
+    choice = choose_slot(free, set(), PROMPT, contiguous=True)
+    assert (choice.slot.seq_id, choice.copy_from.seq_id, choice.reused) == (1, 0, 30)
+    # The next turn of that conversation, and a retry of its prompt, stay where it is.
+    assert choose_slot(free, set(), conversation + [9, 9, 9], contiguous=True).slot.seq_id == 0
+    assert choose_slot(free, set(), conversation[:60] + [9, 9], contiguous=True).slot.seq_id == 0
+
+
+def test_with_every_slot_holding_other_conversations_the_least_recently_used_gives_way():
+    free = slots(4, 0, cached={4: list(range(5000, 5100)), 0: PROMPT[:20] + list(range(6000, 6100))})
+    choice = choose_slot(free, set(), PROMPT, contiguous=True)
+    assert (choice.slot.seq_id, choice.copy_from.seq_id, choice.reused) == (4, 0, 20)

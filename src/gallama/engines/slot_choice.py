@@ -6,6 +6,11 @@ ids costs one more pass over the weights per decode step (8 streams spread over
 every other id decoded at half the speed of 8 neighbours). So a new sequence
 goes next to the running ones, and a long cached prefix held by a slot elsewhere
 is copied over (one copy of that slot's KV buffers) rather than given up.
+
+A slot's cache is only overwritten by the prompt that continues it (or retries
+it), or when no slot is free of other conversations (least recently used first):
+a shared system prompt does not pull every request into its slot, where each
+would overwrite the last one's conversation; it is copied to the slot taken.
 """
 
 from __future__ import annotations
@@ -50,16 +55,23 @@ def _added_runs(slot: Slot, running: set[int]) -> int:
     return 1 - (slot.seq_id - 1 in running) - (slot.seq_id + 1 in running)
 
 
+def _loses_nothing(slot: Slot, reusable: int, prompt: list[int]) -> bool:
+    """Whether the prompt may take this slot without costing another conversation its cache: the
+    slot is empty, the prompt continues all of it (the next turn), or it holds the whole prompt (a
+    retry, whose new answer replaces the old)."""
+    return common_prefix_length(slot.cached, prompt) == len(slot.cached) or reusable == len(prompt) - DECODED_PROMPT_TAIL
+
+
 def choose_slot(free: Sequence[Slot], running: set[int], prompt: list[int], contiguous: bool) -> SlotChoice:
     """`free` is least recently used first, which wins ties; `contiguous`: keep running ids consecutive."""
     reusable = {id(slot): _reusable(slot, prompt) for slot in free}
     best = max(free, key=lambda s: reusable[id(s)])
-    if not contiguous or not running:
-        return SlotChoice(best, reusable[id(best)])
-    fewest = min(_added_runs(s, running) for s in free)
-    if _added_runs(best, running) == fewest:
-        return SlotChoice(best, reusable[id(best)])
-    target = max((s for s in free if _added_runs(s, running) == fewest), key=lambda s: reusable[id(s)])
-    if reusable[id(best)] - reusable[id(target)] >= MIN_COPIED_PREFIX:
+    candidates = list(free)
+    if contiguous and running:
+        fewest = min(_added_runs(s, running) for s in free)
+        candidates = [s for s in free if _added_runs(s, running) == fewest]
+    harmless = [s for s in candidates if _loses_nothing(s, reusable[id(s)], prompt)]
+    target = max(harmless, key=lambda s: reusable[id(s)]) if harmless else candidates[0]
+    if target is not best and reusable[id(best)] - reusable[id(target)] >= MIN_COPIED_PREFIX:
         return SlotChoice(target, reusable[id(best)], copy_from=best)
     return SlotChoice(target, reusable[id(target)])
