@@ -12,7 +12,7 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 
-from gallama.engines.llama_cpp_setup import load_model, new_context, token_pieces
+from gallama.engines.llama_cpp_setup import copy_sequence, load_model, new_context, token_pieces
 from gallama.engines.prefix import common_prefix_length
 from gallama.engines.token_batch import TokenBatch
 
@@ -76,8 +76,7 @@ class DraftModel:
     def copy(self, source: int, target: int, tokens: list[int]) -> None:
         """Gives `target` the cached prefix of `source` that matches `tokens` (what the main model copied)."""
         keep = common_prefix_length(self._cached.get(source, []), tokens)
-        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
-        llama_cpp.llama_memory_seq_rm(self._memory, target, keep, -1)
+        copy_sequence(self._ctx, source, target, keep, unified_kv=False)
         self._cached[target] = tokens[:keep]
 
     def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:

@@ -30,7 +30,7 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
 from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.draft_model import DraftModel
-from gallama.engines.llama_cpp_setup import load_model, new_context, token_pieces
+from gallama.engines.llama_cpp_setup import copy_sequence, load_model, new_context, token_pieces
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
@@ -363,9 +363,7 @@ class LlamaCppEngine:
 
     def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
         """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""
-        # Across KV streams llama.cpp copies whole streams (at the next decode), then the tail is dropped.
-        llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, -1, -1)
-        llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, length, -1)
+        copy_sequence(self._ctx, source.seq_id, target.seq_id, length, self._unified_kv)
         target.cached = source.cached[:length]
         if self._draft_model is not None:
             self._draft_model.copy(source.seq_id, target.seq_id, target.cached)

@@ -75,3 +75,21 @@ def token_pieces(model: _internals.LlamaModel, special: bool) -> list[bytes]:
         length = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, special)
         pieces.append(buffer.raw[: max(length, 0)])
     return pieces
+
+
+def copy_sequence(ctx: _internals.LlamaContext, source: int, target: int, length: int, unified_kv: bool) -> None:
+    """Makes `target`'s cache the first `length` cached tokens of `source` (whose cache stays)."""
+    memory = llama_cpp.llama_get_memory(ctx.ctx)
+    if unified_kv:
+        # One stream: the target is added to the source's cells, nothing is copied.
+        llama_cpp.llama_memory_seq_cp(memory, source, target, -1, -1)
+    else:
+        # Across streams llama.cpp's seq_cp copies the whole stream (every cell of the context
+        # length: 94 MB, 21 ms for the bundled model); a sequence's saved state holds only its own
+        # cells (1.2 MB for 50 tokens), restored cell for cell into the target's stream.
+        size = llama_cpp.llama_state_seq_get_size(ctx.ctx, source)
+        state = (ctypes.c_uint8 * size)()
+        llama_cpp.llama_state_seq_get_data(ctx.ctx, state, size, source)
+        if llama_cpp.llama_state_seq_set_data(ctx.ctx, state, size, target) != size:
+            raise RuntimeError(f"llama.cpp could not copy sequence {source}'s cache to sequence {target}")
+    llama_cpp.llama_memory_seq_rm(memory, target, length, -1)
