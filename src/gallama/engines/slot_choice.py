@@ -5,7 +5,7 @@ into one micro-batch (`split_equal(sequential=true)`): every gap in the running
 ids costs one more pass over the weights per decode step (8 streams spread over
 every other id decoded at half the speed of 8 neighbours). So a new sequence
 goes next to the running ones, and a long cached prefix held by a slot elsewhere
-is copied over (one copy of that slot's KV buffers) rather than given up.
+is copied over (that sequence's cells) rather than given up.
 
 A slot's cache is only overwritten by the prompt that continues it (or retries
 it), or when no slot is free of other conversations (least recently used first):
@@ -20,11 +20,10 @@ from typing import Protocol, Sequence
 
 from gallama.engines.prefix import common_prefix_length
 
-# llama.cpp copies a whole KV stream; measured with SmolLM2-135M on 2 CPU cores
-# (94 MB per stream): the copy added 21 ms to the next step, prefilling 64 tokens
-# took 179 ms, so a copy pays from ~8 tokens; 16 leaves a margin for models whose
-# streams are larger next to their compute.
-MIN_COPIED_PREFIX = 16
+# A copy moves the source sequence's own cells (llama_cpp_setup.copy_sequence): measured with
+# SmolLM2-135M on 2 CPU cores, 0.9 ms for 43 cached tokens and 1.3 ms for 738, while prefilling
+# costs ~2.8 ms a token; 8 keeps chat-template headers (a few tokens every prompt shares) uncopied.
+MIN_COPIED_PREFIX = 8
 
 
 class Slot(Protocol):
