@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,3 +75,18 @@ def test_draft_counters_match_the_usage(http, client, ngram_model):
     assert accepted == details.accepted_prediction_tokens
     # The other model's series stay apart.
     assert scrape(http, DEFAULT_MODEL)["gallama_draft_tokens_total"] == 0
+
+
+def test_tokens_a_schema_forces_are_counted_and_not_sampled(http, client):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "population": {"type": "integer", "minimum": 0, "maximum": 10**8}},
+              "required": ["city", "population"], "additionalProperties": False}
+    before = scrape(http, DEFAULT_MODEL)
+    reply = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Describe Paris as JSON."}], max_tokens=60,
+        temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+    )
+    forced = scrape(http, DEFAULT_MODEL)["gallama_forced_tokens_total"] - before.get("gallama_forced_tokens_total", 0)
+    assert json.loads(reply.choices[0].message.content).keys() == {"city", "population"}
+    # The keys after the opening brace and the comma are the schema's, not the model's choice.
+    assert 2 <= forced < reply.usage.completion_tokens

@@ -145,6 +145,7 @@ class LlamaCppEngine:
         self.num_draft_tokens = num_draft_tokens
         self.drafted_total = 0
         self.accepted_total = 0
+        self.forced_total = 0  # tokens a constraint forced, emitted without sampling
         self._step_cost = StepCost()
         # New sequences start from what drafts have been worth lately on this instance.
         self._recent_acceptance = AcceptanceRate(prior=0.6, decay=0.99)
@@ -515,6 +516,20 @@ class LlamaCppEngine:
         self._learn_acceptance(sequence, sequence.drafted - verified_before, sequence.accepted - accepted_before)
         self._trim(sequence.slot, valid)  # drop the cells of drafts the model did not keep
         sequence.pending = [token]
+        self._fast_forward(sequence)
+
+    def _fast_forward(self, sequence: _Sequence) -> None:
+        """Emits the tokens the constraint forces next (a JSON key, the quote after it) without
+        sampling them: they join the next decode as extra rows of the sequence, which costs far less
+        than a decode step each. Not with logprobs, which need the model's view of every token."""
+        request = sequence.request
+        if request.constraint is None or request.top_logprobs is not None:
+            return
+        for token in request.constraint.compute_ff_tokens():
+            self.forced_total += 1
+            if not self._emit(sequence, token, logits=None):
+                return
+            sequence.pending.append(token)
 
     def _learn_acceptance(self, sequence: _Sequence, verified: int, kept: int) -> None:
         if sequence.acceptance is None:
@@ -528,8 +543,8 @@ class LlamaCppEngine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, length, -1)
             del slot.cached[length:]
 
-    def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray) -> bool:
-        """Sends one sampled token; False when the sequence ended (and was released)."""
+    def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray | None) -> bool:
+        """Sends one generated token; False when the sequence ended (and was released)."""
         request = sequence.request
         sequence.sampler.accept(token)
         sequence.generated += 1

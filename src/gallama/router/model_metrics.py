@@ -27,6 +27,8 @@ class _EngineGauges:
                                   value=engine.drafted_total)
         yield CounterMetricFamily("gallama_draft_accepted_tokens", "Drafted tokens the model kept",
                                   value=engine.accepted_total)
+        yield CounterMetricFamily("gallama_forced_tokens", "Tokens a constraint forced, emitted without sampling",
+                                  value=engine.forced_total)
 
 
 class ModelMetrics:
