@@ -81,6 +81,7 @@ def serve(
     cache_size: Annotated[Optional[int], typer.Option(help="KV cache tokens in all; each parallel sequence gets an equal share unless --unified-kv.")] = None,
     unified_kv: Annotated[Optional[bool], typer.Option("--unified-kv", help="One KV pool for all sequences: longer contexts, but greedy output may vary with the batch.")] = None,
     max_sequences: Annotated[Optional[int], typer.Option(help="Sequences decoded together in one batch (default 8).")] = None,
+    prompt_cache_mb: Annotated[Optional[float], typer.Option(help="MiB of RAM for the KV caches of conversations that lost their slot to others, restored when they go on (default 1024; 0: none).")] = None,
     cache_quant: Annotated[Optional[str], typer.Option(help="KV cache type: FP16, Q8, Q6, Q4.")] = None,
     chat_template: Annotated[Optional[Path], typer.Option(help="A Jinja chat template file to use instead of the model's.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -97,6 +98,7 @@ def serve(
     """
     _setup_logging(log_level)
     flags = {"threads": threads, "cache_size": cache_size, "unified_kv": unified_kv, "max_sequences": max_sequences,
+             "prompt_cache_mb": prompt_cache_mb,
              "cache_quant": cache_quant, "chat_template": str(chat_template) if chat_template else None,
              "request_timeout": request_timeout}
     defaults = {key: value for key, value in flags.items() if value is not None}

@@ -47,6 +47,8 @@ class ModelSpec(BaseModel):
     max_sequences: int | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     unified_kv: bool | None = None
+    # MiB of host memory for the KV states of conversations that lost their slot (0: none kept).
+    prompt_cache_mb: float | None = Field(default=None, ge=0)
     # None: off on a CPU (batch-invariant greedy output, faster decoding past ~200 tokens of
     # context: see engines/llama_cpp_setup.py), llama.cpp's choice (on) with GPU layers.
     flash_attention: bool | None = None

@@ -70,6 +70,36 @@ async def test_copied_prefix_gives_the_same_output_as_reuse_in_place(draft):
 
 
 
+async def test_a_conversation_that_lost_its_slot_is_restored_from_memory():
+    first, follow_up = SHARED, SHARED + " He opened it and read the letter inside:"
+    in_place = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048)
+    try:
+        await collect(in_place.generate(request(in_place, first, 4)))
+        expected = await collect(in_place.generate(request(in_place, follow_up, 24)))
+    finally:
+        in_place.close()
+
+    async def follow_up_after_others(engine):
+        await collect(engine.generate(request(engine, first, 4)))
+        for other in ("Name three rivers.", "Write a haiku about rain."):  # each takes the only slot
+            await collect(engine.generate(request(engine, other, 4)))
+        return await collect(engine.generate(request(engine, follow_up, 24)))
+
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048)
+    forgetful = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048, prompt_cache_mb=0)
+    try:
+        shared_tokens = len(engine.tokenize(first, add_special=True))
+        got = await follow_up_after_others(engine)
+        recomputed = await follow_up_after_others(forgetful)
+    finally:
+        engine.close()
+        forgetful.close()
+
+    assert got[0].cached_prompt_tokens == expected[0].cached_prompt_tokens >= shared_tokens - 1
+    assert [e.token for e in got] == [e.token for e in expected]  # the very cells that were computed
+    assert recomputed[0].cached_prompt_tokens < MIN_COPIED_PREFIX
+
+
 async def test_greedy_output_is_the_same_alone_and_beside_other_requests():
     # llama.cpp's CPU flash-attention kernel computes a lone sequence's attention another way than a
     # batch of several (its KV split across threads past 512 cells): with it on, the outputs

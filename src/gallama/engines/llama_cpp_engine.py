@@ -30,11 +30,15 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
 from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.draft_model import DraftModel
-from gallama.engines.llama_cpp_setup import copy_sequence, load_model, new_context, token_pieces
+from gallama.engines.llama_cpp_setup import (
+    copy_sequence, load_model, load_sequence, new_context, save_sequence, token_pieces,
+)
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
+from gallama.engines.prefix import common_prefix_length
+from gallama.engines.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
-from gallama.engines.slot_choice import choose_slot
+from gallama.engines.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
 from gallama.engines.token_batch import TokenBatch
 
 log = logging.getLogger(__name__)
@@ -134,6 +138,7 @@ class LlamaCppEngine:
         draft_cache_size: int | None = None,
         draft_cache_quant: str | None = None,
         draft_n_gpu_layers: int = 0,
+        prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB,
     ):
         if n_batch < MIN_PROMPT_CHUNK:
             raise ValueError(f"n_batch must be at least {MIN_PROMPT_CHUNK}: prompts are fed in chunks of that many tokens")
@@ -176,6 +181,7 @@ class LlamaCppEngine:
             )
 
         self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]
+        self._prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
         self._free_slots: deque[_Slot] = deque(self._slots)  # least recently used first
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -339,23 +345,53 @@ class LlamaCppEngine:
             )
             slot = choice.slot
             # Evict idle caches, least recently used first, until the reservation fits.
-            for victim in [s for s in self._free_slots if s is not slot]:
+            for victim in [s for s in self._free_slots if s is not slot and s is not choice.copy_from]:
                 if self._fits(sequence, slot):
                     break
+                self._save_before_losing(victim, [])
                 self._truncate_slot(victim, 0)
             if not self._fits(sequence, slot):
                 return  # wait for running sequences to finish
-            reused = choice.reused
             self._waiting.popleft()
             self._free_slots.remove(slot)
-            if choice.copy_from is not None:
-                self._copy_slot(choice.copy_from, slot, reused)
-            else:
-                self._truncate_slot(slot, reused)
+            reused = self._fill_slot(slot, choice, prompt)
             sequence.slot = slot
             sequence.reused = reused
             sequence.pending = list(prompt[reused:])
             self._running.append(sequence)
+
+    def _fill_slot(self, slot: _Slot, choice: SlotChoice, prompt: list[int]) -> int:
+        """Gives the slot the longest cached prefix of the prompt at hand (its own, another slot's or a
+        saved one), saving a conversation it would lose first; returns the prefix's length."""
+        saved = self._prompt_cache.longest_match(prompt)
+        restorable = reusable_prefix(saved.tokens, prompt) if saved else 0
+        if restorable >= choice.reused + MIN_COPIED_PREFIX:
+            self._save_before_losing(slot, saved.tokens[:restorable])
+            load_sequence(self._ctx, saved.state, slot.seq_id, restorable)
+            slot.cached = saved.tokens[:restorable]
+            self._prompt_cache.take(saved, restorable)
+            if self._draft_model is not None:
+                self._draft_model.truncate(slot.seq_id, 0)  # it catches up from the tokens kept
+            return restorable
+        if choice.copy_from is not None:
+            self._save_before_losing(slot, choice.copy_from.cached[: choice.reused])
+            self._copy_slot(choice.copy_from, slot, choice.reused)
+        else:
+            self._save_before_losing(slot, slot.cached[: choice.reused])
+            self._truncate_slot(slot, choice.reused)
+        return choice.reused
+
+    def _save_before_losing(self, slot: _Slot, kept: list[int]) -> None:
+        """Saves the slot's conversation to host memory when what it keeps (`kept`) leaves a part of it
+        that no other slot and no saved state holds."""
+        lost = len(slot.cached) - common_prefix_length(slot.cached, kept)
+        if lost < MIN_COPIED_PREFIX or self._prompt_cache.capacity_bytes == 0:
+            return
+        others = (s.cached for s in self._slots if s is not slot)
+        if any(common_prefix_length(cached, slot.cached) == len(slot.cached) for cached in others):
+            return
+        if not self._prompt_cache.holds(slot.cached):
+            self._prompt_cache.add(slot.cached, save_sequence(self._ctx, slot.seq_id))
 
     def _fail(self, sequence: _Sequence, error: Exception) -> None:
         sequence.emit(error)

@@ -77,19 +77,30 @@ def token_pieces(model: _internals.LlamaModel, special: bool) -> list[bytes]:
     return pieces
 
 
+def save_sequence(ctx: _internals.LlamaContext, seq_id: int) -> ctypes.Array:
+    """The sequence's own KV cells (and their positions), as llama.cpp saves them."""
+    size = llama_cpp.llama_state_seq_get_size(ctx.ctx, seq_id)
+    state = (ctypes.c_uint8 * size)()
+    llama_cpp.llama_state_seq_get_data(ctx.ctx, state, size, seq_id)
+    return state
+
+
+def load_sequence(ctx: _internals.LlamaContext, state: ctypes.Array, seq_id: int, length: int) -> None:
+    """Replaces the sequence's cache with the first `length` tokens of a saved state."""
+    if llama_cpp.llama_state_seq_set_data(ctx.ctx, state, len(state), seq_id) != len(state):
+        raise RuntimeError(f"llama.cpp could not restore a saved state into sequence {seq_id}")
+    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx.ctx), seq_id, length, -1)
+
+
 def copy_sequence(ctx: _internals.LlamaContext, source: int, target: int, length: int, unified_kv: bool) -> None:
     """Makes `target`'s cache the first `length` cached tokens of `source` (whose cache stays)."""
-    memory = llama_cpp.llama_get_memory(ctx.ctx)
     if unified_kv:
         # One stream: the target is added to the source's cells, nothing is copied.
+        memory = llama_cpp.llama_get_memory(ctx.ctx)
         llama_cpp.llama_memory_seq_cp(memory, source, target, -1, -1)
+        llama_cpp.llama_memory_seq_rm(memory, target, length, -1)
     else:
         # Across streams llama.cpp's seq_cp copies the whole stream (every cell of the context
         # length: 94 MB, 21 ms for the bundled model); a sequence's saved state holds only its own
         # cells (1.2 MB for 50 tokens), restored cell for cell into the target's stream.
-        size = llama_cpp.llama_state_seq_get_size(ctx.ctx, source)
-        state = (ctypes.c_uint8 * size)()
-        llama_cpp.llama_state_seq_get_data(ctx.ctx, state, size, source)
-        if llama_cpp.llama_state_seq_set_data(ctx.ctx, state, size, target) != size:
-            raise RuntimeError(f"llama.cpp could not copy sequence {source}'s cache to sequence {target}")
-    llama_cpp.llama_memory_seq_rm(memory, target, length, -1)
+        load_sequence(ctx, save_sequence(ctx, source), target, length)

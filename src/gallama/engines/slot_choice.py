@@ -45,8 +45,9 @@ class SlotChoice:
 DECODED_PROMPT_TAIL = 2
 
 
-def _reusable(slot: Slot, prompt: list[int]) -> int:
-    return max(0, min(common_prefix_length(slot.cached, prompt), len(prompt) - DECODED_PROMPT_TAIL))
+def reusable_prefix(cached: list[int], prompt: list[int]) -> int:
+    """How many of a prompt's tokens a cache holding `cached` spares it from decoding."""
+    return max(0, min(common_prefix_length(cached, prompt), len(prompt) - DECODED_PROMPT_TAIL))
 
 
 def _added_runs(slot: Slot, running: set[int]) -> int:
@@ -63,7 +64,7 @@ def _loses_nothing(slot: Slot, reusable: int, prompt: list[int]) -> bool:
 
 def choose_slot(free: Sequence[Slot], running: set[int], prompt: list[int], contiguous: bool) -> SlotChoice:
     """`free` is least recently used first, which wins ties; `contiguous`: keep running ids consecutive."""
-    reusable = {id(slot): _reusable(slot, prompt) for slot in free}
+    reusable = {id(slot): reusable_prefix(slot.cached, prompt) for slot in free}
     best = max(free, key=lambda s: reusable[id(s)])
     candidates = list(free)
     if contiguous and running:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from gallama.config import ModelSpec
 from gallama.engines.llama_cpp_engine import LlamaCppEngine
+from gallama.engines.prompt_cache import DEFAULT_PROMPT_CACHE_MB
 from gallama.router.served_model import ServedModel
 
 
@@ -13,6 +14,7 @@ def load_llama_cpp(spec: ModelSpec) -> ServedModel:
     engine = LlamaCppEngine(
         spec.model_id, cache_size=spec.cache_size, max_sequences=spec.max_sequences, n_threads=spec.threads,
         cache_quant=spec.cache_quant, unified_kv=bool(spec.unified_kv),
+        prompt_cache_mb=DEFAULT_PROMPT_CACHE_MB if spec.prompt_cache_mb is None else spec.prompt_cache_mb,
         flash_attention=spec.flash_attention, n_gpu_layers=999 if spec.gpus and any(spec.gpus) else 0,
         draft_mode=spec.draft_mode, num_draft_tokens=spec.num_draft_tokens or 5,
         draft_model_path=spec.draft_model_id, draft_cache_size=spec.draft_cache_size,

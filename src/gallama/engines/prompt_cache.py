@@ -1,0 +1,67 @@
+"""KV states of conversations that lost their slot, kept in host memory.
+
+With more conversations than slots, a slot given to another prompt would lose
+its conversation's cache, and that conversation's next turn would prefill it
+all again. Instead its saved state (the sequence's own cells) goes here, least
+recently used out first once the budget is full, and a prompt that continues a
+saved conversation further than any slot does gets it restored into its slot.
+llama-server keeps evicted slots in RAM the same way (`--cache-ram`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sized
+
+from gallama.engines.prefix import common_prefix_length
+
+# llama-server keeps 8 GiB; a smaller default suits the small machines gallama also runs on
+# (1 GiB holds ~45,000 tokens of the bundled model's KV, ~8,000 of an 8B model's).
+DEFAULT_PROMPT_CACHE_MB = 1024
+
+
+@dataclass
+class SavedPrompt:
+    tokens: list[int]
+    state: Sized  # llama.cpp's saved sequence state, opaque here
+
+
+class PromptCache:
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self._entries: list[SavedPrompt] = []  # least recently used first
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(entry.state) for entry in self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def holds(self, tokens: list[int]) -> bool:
+        """Whether some entry starts with these tokens (so saving them again adds nothing)."""
+        return any(common_prefix_length(entry.tokens, tokens) == len(tokens) for entry in self._entries)
+
+    def add(self, tokens: list[int], state: Sized) -> None:
+        if len(state) > self.capacity_bytes or self.holds(tokens):
+            return
+        # An entry these tokens continue is held whole by the new one.
+        self._entries = [e for e in self._entries if common_prefix_length(e.tokens, tokens) < len(e.tokens)]
+        self._entries.append(SavedPrompt(list(tokens), state))
+        while self.size_bytes > self.capacity_bytes:
+            self._entries.pop(0)
+
+    def longest_match(self, prompt: list[int]) -> SavedPrompt | None:
+        """The entry sharing the longest prefix with the prompt (None: none shares any)."""
+        best, length = None, 0
+        for entry in self._entries:
+            shared = common_prefix_length(entry.tokens, prompt)
+            if shared > length:
+                best, length = entry, shared
+        return best
+
+    def take(self, entry: SavedPrompt, length: int) -> None:
+        """An entry's first `length` tokens were restored into a slot: the slot holds them now."""
+        self._entries.remove(entry)
+        if length < len(entry.tokens):  # its tail is still only here; used last, it goes last
+            self._entries.append(entry)
