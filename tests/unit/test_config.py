@@ -168,3 +168,11 @@ def test_non_gguf_file_is_refused(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(SpecError, match="not a GGUF file"):
         resolve(ModelSpec(model_id=str(path)), {})
+
+
+def test_prompt_cache_size_is_a_spec_key_and_not_negative(gguf):
+    spec = resolve(parse_spec_string(f"model_id={gguf} prompt_cache_mb=0"), {}, defaults={"prompt_cache_mb": 512})
+    assert spec.prompt_cache_mb == 0  # the spec's own 0 (off) wins over the flag
+    assert resolve(ModelSpec(model_id=str(gguf)), {}, defaults={"prompt_cache_mb": 512}).prompt_cache_mb == 512
+    with pytest.raises(Exception, match="prompt_cache_mb"):
+        parse_spec_string(f"model_id={gguf} prompt_cache_mb=-1")
