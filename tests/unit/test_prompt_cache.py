@@ -9,8 +9,8 @@ def state(size):
 
 def test_finds_the_entry_sharing_the_longest_prefix():
     cache = PromptCache(capacity_bytes=1000)
-    cache.add([1, 2, 3, 4], state(10))
-    cache.add([1, 2, 9, 9, 9], state(10))
+    cache.add([1, 2, 3, 4], lambda: state(10))
+    cache.add([1, 2, 9, 9, 9], lambda: state(10))
     assert cache.longest_match([1, 2, 3, 4, 5]).tokens == [1, 2, 3, 4]
     assert cache.longest_match([1, 2, 9, 7]).tokens == [1, 2, 9, 9, 9]
     assert cache.longest_match([8]) is None
@@ -18,36 +18,47 @@ def test_finds_the_entry_sharing_the_longest_prefix():
 
 def test_least_recently_used_entries_go_first_once_full():
     cache = PromptCache(capacity_bytes=25)
-    cache.add([1], state(10))
-    cache.add([2], state(10))
+    cache.add([1], lambda: state(10))
+    cache.add([2], lambda: state(10))
     cache.take(cache.longest_match([1, 5]), 1)  # restored whole: the slot holds it now
     assert len(cache) == 1
-    cache.add([3], state(10))
-    cache.add([4], state(10))  # 30 bytes: [2] is the oldest
+    cache.add([3], lambda: state(10))
+    cache.add([4], lambda: state(10))  # 30 bytes: [2] is the oldest
     assert [cache.longest_match([t]) is not None for t in (2, 3, 4)] == [False, True, True]
     assert cache.size_bytes == 20
 
 
 def test_an_entry_restored_in_part_stays_and_is_used_last():
     cache = PromptCache(capacity_bytes=25)
-    cache.add([1, 2, 3], state(10))
-    cache.add([5], state(10))
+    cache.add([1, 2, 3], lambda: state(10))
+    cache.add([5], lambda: state(10))
     cache.take(cache.longest_match([1, 2, 7]), 2)
-    cache.add([6], state(10))  # over budget: [5] goes, not the entry just used
+    cache.add([6], lambda: state(10))  # over budget: [5] goes, not the entry just used
     assert cache.longest_match([1, 2, 3]).tokens == [1, 2, 3]
     assert cache.longest_match([5]) is None
 
 
 def test_a_saved_conversation_replaces_its_earlier_turns_and_is_not_saved_twice():
     cache = PromptCache(capacity_bytes=1000)
-    cache.add([1, 2], state(10))
-    cache.add([1, 2, 3, 4], state(20))  # the next turn holds the first whole
+    cache.add([1, 2], lambda: state(10))
+    cache.add([1, 2, 3, 4], lambda: state(20))  # the next turn holds the first whole
     assert len(cache) == 1 and cache.holds([1, 2])
-    cache.add([1, 2, 3], state(15))  # already held by the longer one
+    saved = []
+    cache.add([1, 2, 3], lambda: saved.append(1) or state(15))  # already held by the longer one
     assert len(cache) == 1 and cache.size_bytes == 20
+    assert saved == []  # nor saved: saving a state copies its cells
 
 
 def test_a_state_larger_than_the_budget_is_not_kept():
     cache = PromptCache(capacity_bytes=5)
-    cache.add([1], state(10))
+    cache.add([1], lambda: state(10))
+    assert len(cache) == 0
+
+
+def test_a_cache_of_no_size_saves_nothing():
+    def save():
+        raise AssertionError("a state was saved for a cache that keeps none")
+
+    cache = PromptCache(capacity_bytes=0)
+    cache.add([1], save)
     assert len(cache) == 0

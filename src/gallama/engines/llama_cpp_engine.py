@@ -35,7 +35,7 @@ from gallama.engines.llama_cpp_setup import (
 )
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
-from gallama.engines.prefix import common_prefix_length
+from gallama.engines.prefix import common_prefix_length, starts_with
 from gallama.engines.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
 from gallama.engines.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
@@ -385,13 +385,9 @@ class LlamaCppEngine:
         """Saves the slot's conversation to host memory when what it keeps (`kept`) leaves a part of it
         that no other slot and no saved state holds."""
         lost = len(slot.cached) - common_prefix_length(slot.cached, kept)
-        if lost < MIN_COPIED_PREFIX or self._prompt_cache.capacity_bytes == 0:
+        if lost < MIN_COPIED_PREFIX or any(starts_with(s.cached, slot.cached) for s in self._slots if s is not slot):
             return
-        others = (s.cached for s in self._slots if s is not slot)
-        if any(common_prefix_length(cached, slot.cached) == len(slot.cached) for cached in others):
-            return
-        if not self._prompt_cache.holds(slot.cached):
-            self._prompt_cache.add(slot.cached, save_sequence(self._ctx, slot.seq_id))
+        self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id))
 
     def _fail(self, sequence: _Sequence, error: Exception) -> None:
         sequence.emit(error)

@@ -9,3 +9,7 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def starts_with(tokens: list[int], prefix: list[int]) -> bool:
+    return len(prefix) <= len(tokens) and tokens[: len(prefix)] == prefix

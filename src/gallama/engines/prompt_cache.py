@@ -11,9 +11,9 @@ llama-server keeps evicted slots in RAM the same way (`--cache-ram`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sized
+from typing import Callable, Sized
 
-from gallama.engines.prefix import common_prefix_length
+from gallama.engines.prefix import common_prefix_length, starts_with
 
 # llama-server keeps 8 GiB; a smaller default suits the small machines gallama also runs on
 # (1 GiB holds ~45,000 tokens of the bundled model's KV, ~8,000 of an 8B model's).
@@ -40,13 +40,17 @@ class PromptCache:
 
     def holds(self, tokens: list[int]) -> bool:
         """Whether some entry starts with these tokens (so saving them again adds nothing)."""
-        return any(common_prefix_length(entry.tokens, tokens) == len(tokens) for entry in self._entries)
+        return any(starts_with(entry.tokens, tokens) for entry in self._entries)
 
-    def add(self, tokens: list[int], state: Sized) -> None:
-        if len(state) > self.capacity_bytes or self.holds(tokens):
+    def add(self, tokens: list[int], save: Callable[[], Sized]) -> None:
+        """Keeps the state `save` returns for these tokens; it is not called when nothing would be kept."""
+        if self.capacity_bytes == 0 or self.holds(tokens):
+            return
+        state = save()
+        if len(state) > self.capacity_bytes:
             return
         # An entry these tokens continue is held whole by the new one.
-        self._entries = [e for e in self._entries if common_prefix_length(e.tokens, tokens) < len(e.tokens)]
+        self._entries = [e for e in self._entries if not starts_with(tokens, e.tokens)]
         self._entries.append(SavedPrompt(list(tokens), state))
         while self.size_bytes > self.capacity_bytes:
             self._entries.pop(0)
