@@ -44,9 +44,10 @@ TASKS = [f"Summarize this story: {STORY * 2}", "Write a story about a dragon.",
          f"List the objects in this story: {STORY * 2}", "Explain photosynthesis."]
 
 
-def step_times(model, flash: bool, threads: int, rounds: int) -> dict:
+def step_times(model, flash: bool | None, threads: int, rounds: int, cache_quant: str | None = None,
+               cache_quant_v: str | None = None) -> dict:
     ctx = new_context(model, n_ctx=4096, max_sequences=1, n_threads=threads, n_batch=512, unified_kv=False,
-                      cache_quant=None, flash_attention=flash)
+                      cache_quant=cache_quant, cache_quant_v=cache_quant_v, flash_attention=flash)
     memory = llama_cpp.llama_get_memory(ctx.ctx)
     batch = TokenBatch(512)
     tokens = [int(t) for t in np.random.default_rng(0).integers(100, 20000, max(CONTEXTS) + 16)]
@@ -78,8 +79,10 @@ def step_times(model, flash: bool, threads: int, rounds: int) -> dict:
     return result
 
 
-async def batch_invariant(model_path: str, flash: bool, threads: int) -> str:
-    engine = LlamaCppEngine(model_path, max_sequences=4, cache_size=4 * 2048, n_threads=threads, flash_attention=flash)
+async def batch_invariant(model_path: str, flash: bool | None, threads: int, cache_quant: str | None = None,
+                          cache_quant_v: str | None = None) -> str:
+    engine = LlamaCppEngine(model_path, max_sequences=4, cache_size=4 * 2048, n_threads=threads, flash_attention=flash,
+                            cache_quant=cache_quant, cache_quant_v=cache_quant_v)
     try:
         async def greedy(task: str) -> list[int]:
             tokens = engine.tokenize(f"<|im_start|>user\n{task}<|im_end|>\n<|im_start|>assistant\n")

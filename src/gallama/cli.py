@@ -91,6 +91,7 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 8.0,
     request_timeout: Annotated[Optional[float], typer.Option(help="Seconds a generation may take, queue wait included; past it, it ends with a 'request_timeout' error (per model: request_timeout=).")] = None,
     shutdown_grace: Annotated[float, typer.Option(help="On SIGTERM, seconds the requests in flight get to finish before they end with an error.")] = 5.0,
+    strict_model_names: Annotated[bool, typer.Option("--strict-model-names", envvar="GALLAMA_STRICT_MODEL_NAMES", help="A request for a model that is not served gets a 404; by default it goes to the first model of the kind its endpoint needs.")] = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
 
@@ -112,7 +113,7 @@ def serve(
     from gallama.router.handover import HandoverProtocol
     from gallama.router.pool import ModelPool
 
-    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning")
+    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning", strict_model_names=strict_model_names)
     guard = GuardSettings(api_keys=_split_keys(api_key), admin_keys=_split_keys(admin_key),
                           max_body_bytes=int(max_body_mb * 1024 * 1024))
     front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 from pathlib import Path
@@ -19,10 +18,19 @@ CacheQuant = Literal["FP16", "Q8", "Q6", "Q4"]
 Backend = Literal["llama_cpp", "embedding", "exllama", "transformers"]
 # Backends named in the spec format that this gallama has no engine for: the package they would need.
 UNSUPPORTED_BACKENDS = {"exllama": "exllamav2", "transformers": "transformers"}
+AVAILABLE_BACKENDS = ("llama_cpp", "embedding")
 
 
 class SpecError(ValueError):
     """A spec that cannot be parsed or resolved; the message says why, for a CLI error or a 400."""
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
 def _gpu_list(value: Any) -> Any:
@@ -42,7 +50,9 @@ class ModelSpec(BaseModel):
     backend: Backend | None = None
     gpus: list[float] | None = None
     cache_size: int | None = Field(default=None, gt=0)
-    cache_quant: CacheQuant | None = None
+    cache_quant: CacheQuant | None = None  # the K and V cache type
+    # V's type when it differs: FP16 keeps flash attention off on a CPU (a quantized V needs it)
+    cache_quant_v: CacheQuant | None = None
     max_seq_len: int | None = Field(default=None, gt=0)
     max_sequences: int | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
@@ -63,6 +73,9 @@ class ModelSpec(BaseModel):
     request_timeout: float | None = Field(default=None, gt=0)  # seconds; a longer generation ends with an error
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
+    # The original gallama's README spells them exLlama, Llama_cpp, fp16, q8: users copy those.
+    _lower_names = field_validator("backend", "model_type", "draft_mode", mode="before")(_lower)
+    _upper_quants = field_validator("cache_quant", "cache_quant_v", "draft_cache_quant", mode="before")(_upper)
 
     @field_validator("gpus", "draft_gpus")
     @classmethod
@@ -214,17 +227,17 @@ def _locate(model_id: str) -> tuple[Path, str | None, str]:
 
 
 def _check_backend(spec: ModelSpec) -> None:
-    if spec.backend == "embedding" and importlib.util.find_spec("gallama.router.served_embedding_model") is None:
-        raise SpecError("the embedding backend is not installed in this gallama (needed by model_type=embedding)")
     if spec.backend in UNSUPPORTED_BACKENDS:
         raise SpecError(
             f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
-            f"(it would need the package '{UNSUPPORTED_BACKENDS[spec.backend]}'); use a GGUF file with backend=llama_cpp"
+            f"(it would need the package '{UNSUPPORTED_BACKENDS[spec.backend]}'); the backends this install has: "
+            f"{', '.join(AVAILABLE_BACKENDS)} (a GGUF file with backend=llama_cpp)"
         )
     _check_speculation(spec)
-    if spec.backend == "llama_cpp":
+    _check_cache_types(spec)
+    if spec.backend in ("llama_cpp", "embedding"):
         for key in ("gpus", "draft_gpus"):
-            _check_gpus(key, getattr(spec, key))
+            _check_gpus(key, getattr(spec, key), spec)
 
 
 DRAFT_MODEL_KEYS = ("draft_model_name", "draft_gpus", "draft_cache_size", "draft_cache_quant")
@@ -240,15 +253,31 @@ def _check_speculation(spec: ModelSpec) -> None:
         raise SpecError(f"{', '.join(orphans)} configure a draft model: give draft_model_id too")
 
 
-def _check_gpus(key: str, gpus: list[float] | None) -> None:
+def _check_cache_types(spec: ModelSpec) -> None:
+    if spec.cache_quant_v and not spec.cache_quant:
+        raise SpecError("cache_quant_v sets the V cache's type apart from cache_quant's: give cache_quant too")
+    v_type = spec.cache_quant_v or spec.cache_quant
+    if spec.flash_attention is False and v_type not in (None, "FP16"):
+        raise SpecError(
+            f"llama.cpp quantizes the V cache only with flash attention: with flash_attention=false give "
+            f"cache_quant_v=FP16 (K alone as {spec.cache_quant}), or leave flash_attention out (on for a quantized V)"
+        )
+
+
+def _check_gpus(key: str, gpus: list[float] | None, spec: ModelSpec) -> None:
     if not gpus or not any(gpus):
         return
+    if spec.backend == "embedding" and not spec.model_id.endswith(".gguf"):
+        return  # torch, not llama.cpp, runs it: the worker checks that it sees a GPU
     import llama_cpp  # only needed for this check
 
     if not llama_cpp.llama_supports_gpu_offload():
-        raise SpecError(f"this llama.cpp build runs on CPU only: leave out '{key}' or give 0")
-    if sum(1 for gb in gpus if gb) > 1:
-        raise SpecError(f"splitting one model over several GPUs is not supported yet: give one non-zero entry in '{key}'")
+        raise SpecError(
+            f"'{key}' puts the model on GPUs, but the installed llama.cpp runs on CPUs only: install "
+            f"llama-cpp-python with CUDA (README, 'GPUs'), or leave out '{key}' or give 0"
+        )
+    if len(gpus) > llama_cpp.LLAMA_MAX_DEVICES:
+        raise SpecError(f"'{key}' lists {len(gpus)} GPUs; this llama.cpp takes at most {llama_cpp.LLAMA_MAX_DEVICES}")
 
 
 def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec]) -> str:

@@ -57,11 +57,6 @@ def test_missing_model(http):
     assert_error(http.post("/v1/chat/completions", json={"messages": MESSAGES}), 400, param="model")
 
 
-def test_unknown_model(http):
-    body = {"model": "gpt-9", "messages": MESSAGES}
-    assert_error(http.post("/v1/chat/completions", json=body), 404, code="model_not_found")
-
-
 def test_context_length_exceeded(http):
     long_text = "word " * 5000
     body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": long_text}]}

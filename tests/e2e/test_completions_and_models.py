@@ -17,13 +17,14 @@ def test_models_list_and_retrieve(client):
     assert card.id == DEFAULT_MODEL and card.object == "model"
 
 
-def test_unknown_model_is_404(client):
+def test_unknown_model_is_answered_by_the_default_model(client):
     with pytest.raises(openai.NotFoundError) as caught:
-        client.models.retrieve("no-such-model")
+        client.models.retrieve("no-such-model")  # the model card itself does not exist
     assert caught.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
-    assert caught.value.body["code"] == "model_not_found"
+    reply = client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert reply.model == DEFAULT_MODEL  # who answered
+    reply = client.completions.create(model="gpt-4o-mini", prompt=PROMPT, max_tokens=2)
+    assert reply.model == DEFAULT_MODEL
 
 
 def test_completion_max_tokens_defaults_to_16_even_when_null(client):
@@ -87,3 +88,12 @@ def test_completion_stop(client):
     cut = client.completions.create(model=DEFAULT_MODEL, prompt="1, 2, 3,", max_tokens=12, temperature=0, stop=" 5")
     assert cut.choices[0].text == full.choices[0].text.split(" 5")[0]
     assert cut.choices[0].finish_reason == "stop"
+
+
+def test_embeddings_without_an_embedding_model_say_how_to_get_one(http):
+    response = http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hi"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found"
+    assert f"No embedding model is loaded to answer instead. Served: {DEFAULT_MODEL} (llm)." in error["message"]
+    assert "pip install 'gallama[embedding]'" in error["message"] and "model_type=embedding" in error["message"]

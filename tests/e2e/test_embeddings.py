@@ -176,7 +176,15 @@ def test_wrong_kind_of_model_is_400(http):
     assert_error(response, 400, "model", "chat model", "does not serve embeddings")
     chat = {"model": GGUF_EMBEDDER, "messages": [{"role": "user", "content": "hi"}]}
     assert_error(http.post("/v1/chat/completions", json=chat), 400, "model", "embedding model")
-    assert http.post("/v1/embeddings", json={"model": "nope", "input": "hi"}).status_code == 404
+
+
+
+def test_unknown_model_falls_back_to_the_first_embedding_model(http):
+    # The chat model was given first; embeddings go to the first embedding model, chat to the chat model.
+    reply = http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hi"})
+    assert reply.status_code == 200 and reply.json()["model"] == GGUF_EMBEDDER
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert http.post("/v1/chat/completions", json=chat).json()["model"] == DEFAULT_MODEL
 
 
 def test_models_lists_embedding_models(client):

@@ -29,6 +29,7 @@ def multi(tmp_path_factory):
         "-id", f"model_id={DEFAULT_MODEL} {SMALL}",
         "-id", f"model_id={DEFAULT_MODEL} {SMALL}",
         "-id", f"model_id={gemma_path} model_name={GEMMA} {SMALL}",
+        "--strict-model-names",
         timeout_s=300,
     )
     yield running
@@ -83,10 +84,11 @@ def test_requests_are_routed_by_model_name(api, front):
     assert text == "Hello, world"
 
 
-def test_unknown_model_is_404_from_the_front(api):
+def test_unknown_model_is_404_with_strict_model_names(api):
     with pytest.raises(openai.NotFoundError) as caught:
         api.completions.create(model="no-such-model", prompt="x", max_tokens=1)
     assert caught.value.body["code"] == "model_not_found"
+    assert f"Served: {DEFAULT_MODEL} (llm), {GEMMA} (llm)." in caught.value.body["message"]
 
 
 def test_least_outstanding_instance_gets_the_next_request(api, front):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import llama_cpp
@@ -148,15 +147,30 @@ def test_unloadable_specs_say_why(gguf, extra, fragment):
 
 @pytest.mark.skipif(llama_cpp.llama_supports_gpu_offload(), reason="this llama.cpp build can offload to a GPU")
 def test_gpus_on_a_cpu_only_build_are_refused(gguf):
-    with pytest.raises(SpecError, match="CPU only"):
-        resolve(ModelSpec(model_id=str(gguf), gpus=[8]), {})
+    for spec in (ModelSpec(model_id=str(gguf), gpus=[8]), parse_spec_string(f"model_id={gguf} gpus=20,0,0,0"),
+                 ModelSpec(model_id=str(gguf), model_type="embedding", gpus=[0, 1])):
+        with pytest.raises(SpecError, match="runs on CPUs only: install llama-cpp-python with CUDA"):
+            resolve(spec, {})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gallama.router.served_embedding_model") is not None,
-                    reason="the embedding backend is installed here")
-def test_embedding_without_its_backend_says_so(gguf):
-    with pytest.raises(SpecError, match="embedding backend is not installed"):
-        resolve(ModelSpec(model_id=str(gguf), model_type="embedding"), {})
+@pytest.mark.parametrize("text, key, value", [
+    ("model_id=x backend=Llama_cpp", "backend", "llama_cpp"),
+    ("model_id=x backend=EMBEDDING", "backend", "embedding"),
+    ("model_id=x backend=exLlama", "backend", "exllama"),
+    ("model_id=x cache_quant=fp16", "cache_quant", "FP16"),
+    ("model_id=x cache_quant=q8", "cache_quant", "Q8"),
+    ("model_id=x draft_cache_quant=q4", "draft_cache_quant", "Q4"),
+    ("model_id=x model_type=Embedding", "model_type", "embedding"),
+])
+def test_spellings_of_the_original_readme_are_accepted(text, key, value):
+    assert getattr(parse_spec_string(text), key) == value
+
+
+def test_a_backend_this_install_lacks_names_the_available_ones(gguf):
+    with pytest.raises(SpecError) as caught:
+        resolve(parse_spec_string(f"model_id={gguf} backend=exLlama"), {})
+    assert "backend 'exllama' is not available" in str(caught.value)
+    assert "the backends this install has: llama_cpp, embedding" in str(caught.value)
 
 
 def test_zero_gpus_mean_cpu(gguf):
@@ -176,3 +190,12 @@ def test_prompt_cache_size_is_a_spec_key_and_not_negative(gguf):
     assert resolve(ModelSpec(model_id=str(gguf)), {}, defaults={"prompt_cache_mb": 512}).prompt_cache_mb == 512
     with pytest.raises(Exception, match="prompt_cache_mb"):
         parse_spec_string(f"model_id={gguf} prompt_cache_mb=-1")
+
+
+def test_a_quantized_v_cache_cannot_go_without_flash_attention(gguf):
+    with pytest.raises(SpecError, match="quantizes the V cache only with flash attention.*cache_quant_v=FP16"):
+        resolve(parse_spec_string(f"model_id={gguf} cache_quant=Q8 flash_attention=false"), {})
+    spec = resolve(parse_spec_string(f"model_id={gguf} cache_quant=q4 cache_quant_v=fp16 flash_attention=false"), {})
+    assert (spec.cache_quant, spec.cache_quant_v) == ("Q4", "FP16")
+    with pytest.raises(SpecError, match="give cache_quant too"):
+        resolve(parse_spec_string(f"model_id={gguf} cache_quant_v=Q8"), {})

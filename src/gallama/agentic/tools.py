@@ -43,8 +43,10 @@ def plan_tools(
     tools: list[dict[str, Any]] | None, tool_choice: str | dict | None, parallel: bool, syntax: ToolCallFormat
 ) -> ToolPlan | None:
     if not tools:
-        if tool_choice not in (None, "none"):
-            raise ToolRequestError("tool_choice needs tools", "tool_choice")
+        # "auto" and "none" without tools mean no tools (clients send them by default); forcing a call cannot.
+        if tool_choice not in (None, "none", "auto"):
+            wanted = "a call" if tool_choice == "required" else f"a call to '{tool_choice['function']['name']}'"
+            raise ToolRequestError(f"tool_choice asks for {wanted}, but no tools are given", "tool_choice")
         return None
     names = [tool["function"]["name"] for tool in tools]
     for index, name in enumerate(names):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 
-from gallama.engines.llama_cpp_setup import copy_sequence, load_model, new_context, token_pieces
+from gallama.engines.llama_cpp_setup import copy_sequence, load_model, new_context, plan_gpus, token_pieces
 from gallama.engines.prefix import common_prefix_length
 from gallama.engines.token_batch import TokenBatch
 
@@ -47,10 +47,11 @@ class DraftModel:
         cache_quant: str | None,
         n_threads: int,
         n_batch: int,
-        n_gpu_layers: int = 0,
+        gpus: list[float] | None = None,
         flash_attention: bool | None = None,
     ):
-        self._model = load_model(path, n_gpu_layers)
+        placement = plan_gpus(path, gpus, cache_size or context_length * max_sequences, cache_quant)
+        self._model = load_model(path, placement)
         reason = vocabulary_mismatch(main_pieces, token_pieces(self._model, special=True))
         if reason:
             self._model.close()
@@ -61,7 +62,7 @@ class DraftModel:
         self._ctx = new_context(
             self._model, n_ctx=cache_size or context_length * max_sequences, max_sequences=max_sequences,
             n_threads=n_threads, n_batch=n_batch, unified_kv=False, cache_quant=cache_quant,
-            flash_attention=flash_attention, n_gpu_layers=n_gpu_layers,
+            flash_attention=flash_attention, on_gpu=placement is not None,
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)

@@ -44,8 +44,14 @@ def _max_seq_length(folder: Path, tokenizer) -> int:
 
 
 class InfinityEmbeddingEngine:
-    def __init__(self, model_path: str, *, n_threads: int | None = None, batch_size: int = BATCH_SIZE):
+    def __init__(self, model_path: str, *, n_threads: int | None = None, batch_size: int = BATCH_SIZE,
+                 gpus: list[float] | None = None):
         self.model_path = model_path
+        # A sentence-transformers model is small: it goes whole on the GPUs given any GB (one replica each).
+        device_ids = [index for index, gb in enumerate(gpus or []) if gb > 0]
+        if device_ids and not torch.cuda.is_available():
+            raise ValueError(f"gpus={','.join(f'{gb:g}' for gb in gpus)} asks for a GPU, but this torch sees none "
+                             f"(torch {torch.__version__}); leave out gpus or give 0")
         if n_threads:
             torch.set_num_threads(n_threads)
         # A tokenizer of our own counts and cuts inputs; Infinity's copy is private to its batcher.
@@ -54,7 +60,8 @@ class InfinityEmbeddingEngine:
         self.context_length = _max_seq_length(Path(model_path), self._tokenizer)
         self._engine = AsyncEmbeddingEngine.from_args(
             EngineArgs(
-                model_name_or_path=model_path, engine="torch", device="cpu", batch_size=batch_size,
+                model_name_or_path=model_path, engine="torch", batch_size=batch_size,
+                **({"device": "cuda", "device_id": device_ids} if device_ids else {"device": "cpu"}),
                 model_warmup=False, bettertransformer=False,
             )
         )

@@ -23,7 +23,7 @@ from llama_cpp import _internals
 
 from gallama.engines.base import EngineOverloaded
 from gallama.engines.embedding_base import EmbeddingInput, l2_normalize
-from gallama.engines.llama_cpp_setup import load_model
+from gallama.engines.llama_cpp_setup import load_model, plan_gpus
 
 log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
@@ -55,9 +55,9 @@ class _Batch:
 
 
 class LlamaCppEmbeddingEngine:
-    def __init__(self, model_path: str, *, n_threads: int | None = None, n_gpu_layers: int = 0):
+    def __init__(self, model_path: str, *, n_threads: int | None = None, gpus: list[float] | None = None):
         self.model_path = model_path
-        self._model = load_model(model_path, n_gpu_layers)
+        self._model = load_model(model_path, plan_gpus(model_path, gpus, MAX_BATCH_TOKENS))
         self.vocab_size = self._model.n_vocab()
         self.dimensions = llama_cpp.llama_model_n_embd(self._model.model)
         self.context_length = min(self._model.n_ctx_train(), MAX_BATCH_TOKENS)

@@ -31,7 +31,8 @@ from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
 from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.draft_model import DraftModel
 from gallama.engines.llama_cpp_setup import (
-    copy_sequence, load_model, load_sequence, new_context, save_sequence, token_pieces,
+    copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus, save_sequence,
+    token_pieces,
 )
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
@@ -129,7 +130,8 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         cache_quant: str | None = None,
-        n_gpu_layers: int = 0,
+        cache_quant_v: str | None = None,
+        gpus: list[float] | None = None,
         unified_kv: bool = False,
         flash_attention: bool | None = None,
         draft_mode: str | None = None,
@@ -137,7 +139,7 @@ class LlamaCppEngine:
         draft_model_path: str | None = None,
         draft_cache_size: int | None = None,
         draft_cache_quant: str | None = None,
-        draft_n_gpu_layers: int = 0,
+        draft_gpus: list[float] | None = None,
         prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB,
     ):
         if n_batch < MIN_PROMPT_CHUNK:
@@ -155,7 +157,8 @@ class LlamaCppEngine:
         # New sequences start from what drafts have been worth lately on this instance.
         self._recent_acceptance = AcceptanceRate(prior=0.6, decay=0.99)
         self.model_path = model_path
-        self._model = load_model(model_path, n_gpu_layers)
+        self.placement = plan_gpus(model_path, gpus, cache_size, cache_quant, cache_quant_v)
+        self._model = load_model(model_path, self.placement)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self.vocab_size = self._model.n_vocab()
         self._pieces = token_pieces(self._model, special=False)
@@ -165,8 +168,12 @@ class LlamaCppEngine:
         self._ctx = new_context(
             self._model, n_ctx=cache_size or per_sequence * (1 if unified_kv else max_sequences),
             max_sequences=max_sequences, n_threads=threads, n_batch=n_batch, unified_kv=unified_kv,
-            cache_quant=cache_quant, flash_attention=flash_attention, n_gpu_layers=n_gpu_layers,
+            cache_quant=cache_quant, cache_quant_v=cache_quant_v, flash_attention=flash_attention,
+            on_gpu=self.placement is not None,
         )
+        # What the load line reports: the cache's types and whether flash attention runs.
+        self.kv_description = describe_kv(cache_quant, cache_quant_v, flash_attention_for(
+            flash_attention, cache_quant_v or cache_quant, self.placement is not None))
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
@@ -177,7 +184,7 @@ class LlamaCppEngine:
             self._draft_model = DraftModel(
                 draft_model_path, main_pieces=self._special_pieces, max_sequences=max_sequences,
                 context_length=self.context_length, cache_size=draft_cache_size, cache_quant=draft_cache_quant,
-                n_threads=threads, n_batch=n_batch, n_gpu_layers=draft_n_gpu_layers, flash_attention=flash_attention,
+                n_threads=threads, n_batch=n_batch, gpus=draft_gpus, flash_attention=flash_attention,
             )
 
         self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]

@@ -27,8 +27,9 @@ class InvalidRequest(APIError):
 class ModelNotFound(APIError):
     status_code = 404
 
-    def __init__(self, model: str):
-        super().__init__(f"The model '{model}' does not exist or is not served here.", param="model", code="model_not_found")
+    def __init__(self, model: str, detail: str = ""):
+        message = f"The model '{model}' does not exist or is not served here."
+        super().__init__(f"{message} {detail}" if detail else message, param="model", code="model_not_found")
 
 
 class ContextLengthExceeded(APIError):

@@ -25,9 +25,12 @@ from gallama.router.proxy import forward
 from gallama.router.worker_metrics import scrape_workers
 from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app, install_error_handlers
-from gallama.server.guard import Guard, GuardSettings, Metrics
+from gallama.server.guard import MODEL_FALLBACK, Guard, GuardSettings, Metrics
 
 ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
+# The kind of model each routed path needs, for a request whose model is not served (the fallback).
+PATH_KINDS = {"/v1/embeddings": "embedding"}
+MAX_MODEL_NAME = 256  # a longer name is no model's; refused before it reaches the fallback and its log line
 
 
 def _payload(body: bytes) -> object:
@@ -86,8 +89,14 @@ def create_front(
             if not ready:
                 raise InvalidRequest("Missing required parameter: 'model'.", param="model")
             instance = ready[0].pick()
+        elif len(model) > MAX_MODEL_NAME:
+            raise InvalidRequest(f"'model' is longer than {MAX_MODEL_NAME} characters.", param="model")
         else:
-            instance = pool.route(model)
+            instance = pool.route(model, PATH_KINDS.get(request.url.path, "llm"))
+            if instance.spec.model_name != model:
+                # The worker answers for its own name: the response's `model` says who answered.
+                request.scope[MODEL_FALLBACK] = (model, instance.spec.model_name)
+                body = json.dumps({**payload, "model": instance.spec.model_name}).encode()
         return await forward(client, instance, request, body, handover=wants_handover(request, payload))
 
     # Plain Starlette routes: FastAPI's per-request dependency and validation machinery is pure overhead here.
@@ -137,12 +146,13 @@ def create_front(
         items = payload if isinstance(payload, list) else [payload]
         if not items:
             raise InvalidRequest("Give one model spec or a list of them.")
-        try:
-            config = load_config()
-            specs = [resolve(spec_from_dict(item, where=f"model {n + 1}"), config, spec_defaults)
-                     for n, item in enumerate(items)]
-        except SpecError as error:
-            raise InvalidRequest(str(error), param="model_id", code="invalid_model_spec") from None
+        specs = []
+        for n, item in enumerate(items):
+            try:
+                specs.append(resolve(spec_from_dict(item), load_config(), spec_defaults))
+            except SpecError as error:
+                where = f"model {n + 1}: " if len(items) > 1 else ""
+                raise InvalidRequest(f"{where}{error}", param="model_id", code="invalid_model_spec") from None
         grouped = group_specs(specs)
         outcomes = await asyncio.gather(*(pool.add(name, group) for name, group in grouped.items()), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, APIError)]

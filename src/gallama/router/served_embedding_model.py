@@ -131,14 +131,13 @@ def default_threads() -> int:
 def load_embedding_model(spec: "ModelSpec") -> ServedEmbeddingModel:
     """A GGUF file embeds through llama.cpp (pooled); a sentence-transformers folder through Infinity."""
     path = Path(spec.model_id)
-    gpu_layers = 999 if spec.gpus and any(spec.gpus) else 0
     threads = spec.threads or default_threads()
     if path.suffix == ".gguf":
         from gallama.engines.embedding_llama_cpp import LlamaCppEmbeddingEngine
 
-        engine = LlamaCppEmbeddingEngine(str(path), n_threads=threads, n_gpu_layers=gpu_layers)
+        engine = LlamaCppEmbeddingEngine(str(path), n_threads=threads, gpus=spec.gpus)
     else:
         from gallama.engines.embedding_infinity import InfinityEmbeddingEngine
 
-        engine = InfinityEmbeddingEngine(str(path), n_threads=threads)
+        engine = InfinityEmbeddingEngine(str(path), n_threads=threads, gpus=spec.gpus)
     return ServedEmbeddingModel(name=spec.model_name or path.stem, engine=engine)

@@ -57,6 +57,10 @@ class Metrics:
         return text + generate_latest(await self.sources()) if self.sources else text
 
 
+# In the request scope: (the model asked for, the model that answered), when the front fell back to a default.
+MODEL_FALLBACK = "gallama.model_fallback"
+
+
 class Guard:
     def __init__(self, app, settings: GuardSettings, metrics: Metrics):
         self.app, self.settings, self.metrics = app, settings, metrics
@@ -95,7 +99,9 @@ class Guard:
             endpoint = path if path.startswith(("/v1/", "/tokenize", "/detokenize")) else "other"
             self.metrics.requests.labels(endpoint, str(status_box["status"])).inc()
             self.metrics.latency.labels(endpoint).observe(elapsed)
-            log.info("%s %s %s %d %.1fms", request_id, scope["method"], path, status_box["status"], elapsed * 1000)
+            fallback = scope.get(MODEL_FALLBACK)
+            note = f" (model '{fallback[0]}' is not served: answered by '{fallback[1]}', the default)" if fallback else ""
+            log.info("%s %s %s %d %.1fms%s", request_id, scope["method"], path, status_box["status"], elapsed * 1000, note)
 
     def _refusal(self, path: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
         length = headers.get("content-length")
