@@ -9,7 +9,8 @@ For each, on the same GGUF and threads:
 - one-token decode step at several context lengths (a llama.cpp context with per-sequence
   KV streams, as gallama's engine makes it);
 - the KV cache's bytes per token of context;
-- batch invariance: greedy output of 4 chat requests alone, then together, in gallama's engine.
+- batch invariance: greedy output of 4 chat requests alone, then together, in gallama's engine,
+  under and past 512 cells of context.
 
     python bench/cache_quant.py [--threads 2] [--rounds 3]
 """
@@ -24,9 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
-from bench.flash_attention import CONTEXTS, batch_invariant, step_times  # noqa: E402
+from bench.flash_attention import CONTEXTS, STORY, batch_invariant, step_times  # noqa: E402
 from gallama.engines.llama_cpp_setup import flash_attention_for, load_model, model_size  # noqa: E402
 
+# Past 512 cells of context, where llama.cpp's CPU flash attention splits a lone row's KV across threads.
+LONG_TASKS = [f"Summarize this story: {STORY * 6}", f"List the objects in this story: {STORY * 6}",
+              "Write a story about a dragon.", "Explain photosynthesis."]
 # (label, cache_quant, cache_quant_v, flash attention); None: gallama's default for that cache.
 SETTINGS = (
     ("FP16 (default)", None, None, None),
@@ -48,18 +52,19 @@ def main() -> None:
     model = load_model(model_path)
 
     header = " | ".join(f"step at {n}" for n in CONTEXTS)
-    lines = [f"| cache | flash attention | KV bytes per token | {header} | alone = batched |",
-             "|---|---|---|" + "---|" * len(CONTEXTS) + "---|"]
+    lines = [f"| cache | flash attention | KV bytes per token | {header} | alone = batched | past 512 cells |",
+             "|---|---|---|" + "---|" * len(CONTEXTS) + "---|---|"]
     baseline = None
     for label, quant, quant_v, flash in SETTINGS:
         steps = step_times(model, flash, args.threads, args.rounds, quant, quant_v)["step"]
         same = asyncio.run(batch_invariant(model_path, flash, args.threads, quant, quant_v))
+        same_long = asyncio.run(batch_invariant(model_path, flash, args.threads, quant, quant_v, LONG_TASKS))
         kv = model_size(model_path, 1, quant, quant_v).kv_bytes
         times = [steps[n, 1] for n in CONTEXTS]
         baseline = baseline or times
         cells = " | ".join(f"{t * 1000:.1f} ms ({t / b:.2f})" for t, b in zip(times, baseline))
         attention = "on" if flash_attention_for(flash, quant_v or quant, on_gpu=False) else "off"
-        lines.append(f"| {label} | {attention} | {kv / 1024:.1f} KiB | {cells} | {same} |")
+        lines.append(f"| {label} | {attention} | {kv / 1024:.1f} KiB | {cells} | {same} | {same_long} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)
@@ -69,7 +74,8 @@ Run {common.today()} on {common.machine_description()}; {common.versions("llama-
 Command: `{command}`. Model: `{Path(model_path).name}`, {args.threads} threads. Step times: medians
 of {args.rounds * 4} one-token decodes at that many tokens of context (in brackets: against the
 default FP16 cache); alone = batched: 4 chat requests (2 with ~330-token prompts), 120 greedy
-tokens each, the same tokens run one at a time and together in gallama's engine.
+tokens each, the same tokens run one at a time and together in gallama's engine; past 512 cells:
+the same with the 2 long prompts at ~960 tokens.
 
 {table}
 """)

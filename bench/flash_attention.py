@@ -80,7 +80,7 @@ def step_times(model, flash: bool | None, threads: int, rounds: int, cache_quant
 
 
 async def batch_invariant(model_path: str, flash: bool | None, threads: int, cache_quant: str | None = None,
-                          cache_quant_v: str | None = None) -> str:
+                          cache_quant_v: str | None = None, tasks: list[str] = TASKS) -> str:
     engine = LlamaCppEngine(model_path, max_sequences=4, cache_size=4 * 2048, n_threads=threads, flash_attention=flash,
                             cache_quant=cache_quant, cache_quant_v=cache_quant_v)
     try:
@@ -89,9 +89,9 @@ async def batch_invariant(model_path: str, flash: bool | None, threads: int, cac
             request = GenerationRequest(tokens, 120, SamplingParams(temperature=0.0))
             return [event.token async for event in engine.generate(request)]
 
-        alone = [await greedy(task) for task in TASKS]
-        together = await asyncio.gather(*(greedy(task) for task in TASKS))
-        return f"{sum(a == b for a, b in zip(alone, together))}/{len(TASKS)}"
+        alone = [await greedy(task) for task in tasks]
+        together = await asyncio.gather(*(greedy(task) for task in tasks))
+        return f"{sum(a == b for a, b in zip(alone, together))}/{len(tasks)}"
     finally:
         engine.close()
 
