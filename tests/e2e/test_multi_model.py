@@ -104,13 +104,21 @@ def test_least_outstanding_instance_gets_the_next_request(api, front):
     assert after[busy] - before[busy] == 1 and after[idle] - before[idle] == 3
 
 
-def test_add_model_conflicts_and_bad_specs(front):
+def test_add_model_conflicts_and_bad_specs(front, tmp_path):
     taken = front.post("/add_model", json={"model_id": DEFAULT_MODEL})
     assert taken.status_code == 409 and taken.json()["error"]["code"] == "model_exists"
     missing = front.post("/add_model", json={"model_id": "/no/such/model.gguf", "model_name": "ghost"})
     assert missing.status_code == 400 and "/no/such/model.gguf" in missing.json()["error"]["message"]
     unknown_key = front.post("/add_model", json=[{"model_id": DEFAULT_MODEL, "colour": "blue"}])
     assert unknown_key.status_code == 400 and "unknown key 'colour'" in unknown_key.json()["error"]["message"]
+    bad_value = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "q3", "cache_quant": "Q3"})
+    assert bad_value.status_code == 400
+    assert "bad value for 'cache_quant'" in bad_value.json()["error"]["message"] and "'Q4'" in bad_value.json()["error"]["message"]
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file at all")
+    refused = front.post("/add_model", json={"model_id": str(broken)})  # llama.cpp's own reason comes back
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_load_failed"
+    assert "invalid magic characters" in refused.json()["error"]["message"]
     assert "ghost" not in {m["id"] for m in front.get("/v1/models").json()["data"]}
 
 
