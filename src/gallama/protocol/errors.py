@@ -1,8 +1,27 @@
-"""OpenAI error objects, raised as exceptions and rendered in one place."""
+"""Error objects, raised as exceptions and rendered in one place, in the shape of the API they came through."""
 
 from __future__ import annotations
 
 from typing import Any
+
+ANTHROPIC_PATHS = ("/v1/messages",)
+# Anthropic's error types by status (docs.anthropic.com, "Errors").
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+                   529: "overloaded_error"}
+
+
+def speaks_anthropic(path: str) -> bool:
+    return path.startswith(ANTHROPIC_PATHS)
+
+
+def envelope(path: str, status: int, message: str, *, kind: str | None = None, param: str | None = None,
+             code: str | None = None) -> dict[str, Any]:
+    """The error body for a request to `path`: Anthropic's `{"type": "error", ...}` on its routes, else OpenAI's."""
+    if speaks_anthropic(path):
+        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class APIError(Exception):
@@ -16,8 +35,8 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+    def body(self, path: str = "") -> dict[str, Any]:
+        return envelope(path, self.status_code, self.message, kind=self.error_type, param=self.param, code=self.code)
 
 
 class InvalidRequest(APIError):
@@ -49,6 +68,11 @@ class RateLimited(APIError):
 
 class ServiceUnavailable(APIError):
     status_code = 503
+    error_type = "server_error"
+
+
+class ServerFailed(APIError):
+    status_code = 500
     error_type = "server_error"
 
 

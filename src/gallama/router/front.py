@@ -27,7 +27,8 @@ from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app, install_error_handlers
 from gallama.server.guard import MODEL_FALLBACK, Guard, GuardSettings, Metrics
 
-ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
+ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize",
+                "/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
 # The kind of model each routed path needs, for a request whose model is not served (the fallback).
 PATH_KINDS = {"/v1/embeddings": "embedding"}
 MAX_MODEL_NAME = 256  # a longer name is no model's; refused before it reaches the fallback and its log line

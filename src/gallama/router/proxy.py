@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from gallama.protocol.errors import ServiceUnavailable
 from gallama.router.handover import TRANSPORT
 from gallama.router.instances import WorkerInstance
+from gallama.server.sse import error_frames
 from gallama.server.handover import HANDED_OVER_STATUS, HANDED_OVER_TYPE, HANDOVER_HEADER, LAST_CHUNK, chunk
 
 # Per-connection headers that the front's own server sets again.
@@ -29,9 +30,9 @@ def worker_lost(instance: WorkerInstance, error: Exception) -> ServiceUnavailabl
     )
 
 
-def _lost_event(instance: WorkerInstance, error: Exception) -> bytes:
-    """The end of a stream whose worker failed: an error event, as OpenAI's streams carry errors."""
-    return f"data: {json.dumps(worker_lost(instance, error).body())}\n\ndata: [DONE]\n\n".encode()
+def _lost_event(instance: WorkerInstance, error: Exception, path: str) -> bytes:
+    """The end of a stream whose worker failed: an error event, as the API's streams carry errors."""
+    return error_frames(path, worker_lost(instance, error)).encode()
 
 
 def _headers(upstream: httpx.Response) -> dict[str, str]:
@@ -51,9 +52,10 @@ class _Relay(StreamingResponse):
             async for chunk in self.upstream.aiter_raw():
                 yield chunk
         except httpx.HTTPError as error:  # headers are sent: the failure travels as an event
-            yield _lost_event(self.instance, error)
+            yield _lost_event(self.instance, error, self.path)
 
     async def __call__(self, scope, receive, send) -> None:
+        self.path = scope["path"]
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -80,7 +82,7 @@ class HandedOver(Response):
                 reading.cancel()
             elif isinstance(error := reading.exception(), httpx.HTTPError) and not transport.is_closing():
                 # The worker died mid-stream: end the client's stream as a relayed one ends.
-                transport.write(chunk(_lost_event(self.instance, error)) + LAST_CHUNK)
+                transport.write(chunk(_lost_event(self.instance, error, scope["path"])) + LAST_CHUNK)
         finally:
             gone.cancel()
             self.instance.outstanding -= 1

@@ -12,18 +12,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gallama import __version__
-from gallama.protocol.errors import APIError
+from gallama.protocol.errors import APIError, envelope
 from gallama.router.registry import ModelRegistry
 from gallama.server.routes import chat, completions, embeddings, models
 
 log = logging.getLogger(__name__)
 
 
-def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None):
-    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse(
-        status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}}
-    )
+def _error(request: Request, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    return JSONResponse(status_code=status, content=envelope(request.url.path, status, message, param=param, code=code))
 
 
 def _validation_message(error: dict) -> tuple[str, str | None]:
@@ -42,31 +39,31 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error as an OpenAI error object; shared by the single-model app and the multi-model front."""
 
     @app.exception_handler(APIError)
-    async def api_error(_: Request, error: APIError):
-        return JSONResponse(status_code=error.status_code, content=error.body(), headers=error.headers)
+    async def api_error(request: Request, error: APIError):
+        return JSONResponse(status_code=error.status_code, content=error.body(request.url.path), headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError):
+    async def validation_error(request: Request, error: RequestValidationError):
         errors = error.errors()
         message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return _error(400, message, param=param)
+        return _error(request, 400, message, param=param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException):
+    async def http_error(request: Request, error: StarletteHTTPException):
         code = "not_found" if error.status_code == 404 else None
-        return _error(error.status_code, str(error.detail), code=code)
+        return _error(request, error.status_code, str(error.detail), code=code)
 
     @app.exception_handler(RecursionError)
-    async def too_deep(_: Request, error: RecursionError):
+    async def too_deep(request: Request, error: RecursionError):
         # Only a client's absurdly nested JSON recurses this deep.
-        return _error(400, "The request body is nested too deeply.", code="nesting_too_deep")
+        return _error(request, 400, "The request body is nested too deeply.", code="nesting_too_deep")
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, error: Exception):
+    async def unexpected_error(request: Request, error: Exception):
         log.exception("unhandled error")
-        return _error(500, f"internal error: {type(error).__name__}")
+        return _error(request, 500, f"internal error: {type(error).__name__}")
 
 
 def create_app(registry: ModelRegistry) -> FastAPI:

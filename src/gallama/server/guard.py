@@ -16,11 +16,13 @@ from typing import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gallama.protocol.errors import envelope
 from gallama.server.handover import HANDED_OVER_STATUS
 
 log = logging.getLogger("gallama.requests")
 
 ADMIN_PATHS = ("/add_model", "/remove_model")
+MISSING_KEY = "Missing or invalid API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')."
 PUBLIC_PATHS = ("/health", "/metrics")
 
 
@@ -88,7 +90,7 @@ class Guard:
             if refusal is None and "content-length" not in headers and scope["method"] in ("POST", "PUT"):
                 receive, refusal = await self._buffered(receive)
             if refusal is not None:
-                await self._error(send_with_id, *refusal)
+                await self._error(send_with_id, path, *refusal)
             elif path == "/metrics":
                 await self._plain(send_with_id, await self.metrics.render(), CONTENT_TYPE_LATEST)
             else:
@@ -110,16 +112,17 @@ class Guard:
         if path in PUBLIC_PATHS or not (self.settings.api_keys or self.settings.admin_keys):
             return None
         auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        # Anthropic's clients send the key as x-api-key.
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key", "").strip()
         admin = _matches(key, self.settings.admin_keys)
         if path in ADMIN_PATHS and self.settings.admin_keys:
             if admin:
                 return None
             if _matches(key, self.settings.api_keys):
                 return 403, "This route needs the admin key.", "forbidden"
-            return 401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.", "invalid_api_key"
+            return 401, MISSING_KEY, "invalid_api_key"
         if self.settings.api_keys and not (admin or _matches(key, self.settings.api_keys)):
-            return 401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.", "invalid_api_key"
+            return 401, MISSING_KEY, "invalid_api_key"
         return None
 
     async def _buffered(self, receive):
@@ -147,9 +150,9 @@ class Guard:
         return replay, None
 
     @staticmethod
-    async def _error(send, status: int, message: str, code: str):
+    async def _error(send, path: str, status: int, message: str, code: str):
         kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
-        body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+        body = json.dumps(envelope(path, status, message, kind=kind, code=code)).encode()
         await Guard._plain(send, body, "application/json", status)
 
     @staticmethod

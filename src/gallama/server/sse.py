@@ -1,4 +1,6 @@
-"""Server-sent events in OpenAI's framing: `data: {json}` lines, then `data: [DONE]`."""
+"""Server-sent events in two framings: OpenAI's chat and completions (`data: {json}` lines, then
+`data: [DONE]`), and named events (`event: <type>` before each `data:` line, no end marker), which
+Anthropic's Messages and OpenAI's Responses streams use."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ from typing import Any, AsyncIterator
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
-from gallama.protocol.errors import APIError
+from gallama.protocol.errors import APIError, ServerFailed, speaks_anthropic
 from gallama.server.choices import ChoiceRun
 from gallama.server.handover import handed_over
 
 log = logging.getLogger(__name__)
+
+OPENAI_STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
+RESPONSES_PATH = "/v1/responses"
 
 
 def _event(payload: dict[str, Any] | str) -> str:
@@ -22,32 +27,49 @@ def _event(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
+def named_event(payload: dict[str, Any]) -> str:
+    return f"event: {payload['type']}\n{_event(payload)}"
+
+
+def error_frames(path: str, error: "APIError") -> str:
+    """How a stream on `path` ends with an error: the API's own error event."""
+    if speaks_anthropic(path):
+        return named_event(error.body(path))
+    if path.startswith(RESPONSES_PATH):
+        return named_event({"type": "error", "code": error.code, "message": error.message, "param": error.param})
+    return _event(error.body()) + _event("[DONE]")
+
+
 def _cancel(runs: list[ChoiceRun]) -> None:
     for run in runs:
         run.cancel()
 
 
-async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun]) -> AsyncIterator[str]:
+async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], path: str) -> AsyncIterator[str]:
+    frame = _event if path.startswith(OPENAI_STREAM_PATHS) else named_event
     try:
         async for chunk in chunks:
-            yield _event(chunk)
+            yield frame(chunk)
     except APIError as error:
-        # Headers are already sent; the error travels as an event, as OpenAI does.
-        yield _event(error.body())
+        # Headers are already sent; the error travels as an event, as the API's own streams carry it.
+        yield error_frames(path, error)
+        return
     except Exception as error:  # an engine failure mid-stream still ends the stream cleanly
         log.exception("stream failed")
-        yield _event({"error": {"message": f"generation failed: {error}", "type": "server_error", "param": None, "code": None}})
+        yield error_frames(path, ServerFailed(f"generation failed: {error}"))
+        return
     finally:
         # Also reached when the client disconnects and the response task is cancelled.
         _cancel(runs)
-    yield _event("[DONE]")
+    if frame is _event:
+        yield _event("[DONE]")
 
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def sse_response(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], request: Request) -> Response:
-    frames = _frames(chunks, runs)
+    frames = _frames(chunks, runs, request.url.path)
     own_socket = handed_over(request, frames, {"content-type": "text/event-stream; charset=utf-8", **SSE_HEADERS},
                              stop=partial(_cancel, runs))
     return own_socket or StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -102,9 +102,18 @@ def chat_prompt_text(
         raise InvalidRequest(str(error), param="messages") from error
 
 
-@router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, request: Request):
-    model: ServedModel = request.app.state.registry.get(body.model)
+@dataclass
+class ChatStart:
+    """A chat request under way: one run per choice, and what assembles each choice's answer."""
+
+    runs: list
+    outputs: list["ChoiceOutput"]
+    header: ResponseHeader
+    n_prompt: int
+
+
+def start_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatStart:
+    """Plans and starts a chat request: the core that every chat-shaped API (chat, Responses, Messages) runs."""
     plan = tool_plan(model, body)
     grammar = answer_grammar(model, body, plan)
     answer_text = chat_prompt_text(model, body, plan)
@@ -120,7 +129,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             model, body, prompt_tokens, max_tokens, top_logprobs, body.stop_list(), body.return_stop_word, grammar
         )
         runs = start_choices(model, specs)
-    header = ResponseHeader("chatcmpl", "chat.completion", body.model)
     # A template that opens the thinking tag itself leaves the model inside it.
     thinking_open = answer_text.rstrip().endswith(REASONING_TAGS.open) and not leading
     outputs = [
@@ -128,11 +136,18 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
                      thinking_open=thinking_open)
         for _ in runs
     ]
+    return ChatStart(runs, outputs, ResponseHeader("chatcmpl", "chat.completion", body.model), len(prompt_tokens))
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+    model: ServedModel = request.app.state.registry.get(body.model)
+    chat = start_chat(model, body)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = stream_chunks(runs, outputs, header, len(prompt_tokens), include_usage, body.logprobs)
-        return sse_response(chunks, runs, request)
-    return await complete(runs, outputs, header, len(prompt_tokens), body.logprobs)
+        chunks = stream_chunks(chat.runs, chat.outputs, chat.header, chat.n_prompt, include_usage, body.logprobs)
+        return sse_response(chunks, chat.runs, request)
+    return await complete(chat.runs, chat.outputs, chat.header, chat.n_prompt, body.logprobs)
 
 
 def start_thinking(
