@@ -42,6 +42,17 @@ def test_openai_client_with_the_key(guarded):
         openai.OpenAI(base_url=guarded.api_url, api_key="nope", max_retries=0).models.list()
 
 
+def test_anthropic_client_sends_its_key_as_x_api_key(guarded):
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=guarded.base_url, api_key=KEY, max_retries=0)
+    ask = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert claude.messages.count_tokens(**ask).input_tokens > 0
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        anthropic.Anthropic(base_url=guarded.base_url, api_key="nope", max_retries=0).messages.count_tokens(**ask)
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "authentication_error"
+
+
 def test_admin_routes_need_the_admin_key(guarded):
     with httpx.Client(base_url=guarded.base_url, timeout=120) as http:
         user = http.post("/remove_model", json={"model": "x"}, headers={"Authorization": f"Bearer {KEY}"})

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gallama import __version__
 from gallama.protocol.errors import APIError, envelope
 from gallama.router.registry import ModelRegistry
-from gallama.server.routes import chat, completions, embeddings, models
+from gallama.server.routes import chat, completions, embeddings, messages, models
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def create_app(registry: ModelRegistry) -> FastAPI:
     app.state.registry = registry
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(messages.router)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(embeddings.router)

@@ -18,6 +18,7 @@ class Piece:
     text: str
     events: list[TokenEvent] = field(default_factory=list)  # the tokens behind this text (for logprobs)
     finish_reason: str | None = None
+    stop_string: str | None = None  # the stop string that ended the choice
 
 
 @dataclass
@@ -97,13 +98,13 @@ class ChoiceRun:
                 eog = engine.is_end_of_generation(event.token)
                 text += cutter.feed("" if eog else utf8.feed(engine.token_bytes(event.token)))
                 if cutter.matched is not None:
-                    yield Piece(text, waiting, "stop")
+                    yield Piece(text, waiting, "stop", cutter.matched)
                     return
                 if event.finish_reason is not None:
                     text += cutter.feed(utf8.flush())
                     if cutter.matched is None:
                         text += cutter.flush()
-                    yield Piece(text, waiting, "stop" if cutter.matched else event.finish_reason)
+                    yield Piece(text, waiting, "stop" if cutter.matched else event.finish_reason, cutter.matched)
                     return
                 # Tokens that arrived together (a busy server, accepted drafts) go out as one piece.
                 if text and not self.tokens.ready():

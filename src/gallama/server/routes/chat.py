@@ -202,6 +202,7 @@ class ChoiceOutput:
     reasoning: str = ""
     events: list = field(default_factory=list)
     finish_reason: str | None = None
+    stop_string: str | None = None  # the stop string that ended the answer
     call_ids: list[str] = field(default_factory=list)
     repeated: bool = False  # the model repeated a call: the turn is over
     _held: list[dict[str, Any]] = field(default_factory=list)
@@ -213,6 +214,7 @@ class ChoiceOutput:
     def piece_deltas(self, piece: Piece) -> list[dict[str, Any]]:
         """Deltas of a piece: reasoning first (kept apart from content), then the answer."""
         finished = piece.finish_reason is not None
+        self.stop_string = piece.stop_string or self.stop_string
         if isinstance(piece, ReasoningPiece):
             reasoning, answer = piece.text, ""
         else:
