@@ -65,7 +65,8 @@ ContentBlock = Annotated[
 
 
 class Message(StrictModel):
-    role: Literal["user", "assistant"]
+    # "system": Claude Code's mid-conversation system messages (beta mid-conversation-system-2026-04-07).
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
@@ -98,6 +99,8 @@ class OutputFormat(StrictModel):
 
 class OutputConfig(StrictModel):
     format: OutputFormat | None = None
+    # How much the model thinks: a native reasoning model's template reads it as chat's reasoning_effort.
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
 
 
 class CountTokensRequest(StrictModel):

@@ -149,9 +149,11 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
         fields["return_thinking"] = thinking.type != "disabled"
         if thinking.type == "disabled":
             fields["reasoning_effort"] = "none"  # a native reasoning model's template turns its thinking off
-    if body.output_config is not None and body.output_config.format is not None:
-        fields["response_format"] = {"type": "json_schema",
-                                     "json_schema": {"name": "output", "schema": body.output_config.format.schema_}}
+    config = body.output_config
+    if config is not None and config.format is not None:
+        fields["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": config.format.schema_}}
+    if config is not None and config.effort is not None and fields.get("reasoning_effort") is None:
+        fields["reasoning_effort"] = {"xhigh": "high", "max": "high"}.get(config.effort, config.effort)
     if isinstance(body, MessagesRequest):
         fields.update(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                       top_k=body.top_k or 0, stop=body.stop_sequences)
