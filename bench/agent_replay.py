@@ -114,8 +114,10 @@ def _prompt(usage: dict[str, Any] | None) -> int | None:
     return usage.get("input_tokens", 0) + (usage.get("cache_read_input_tokens") or 0)
 
 
-FIRST_TOKEN_EVENTS = {"content_block_delta", "response.output_text.delta", "response.function_call_arguments.delta",
-                      "response.reasoning_text.delta"}
+# The first event that shows generated output; a turn with none (the model ended at once) counts to its end.
+FIRST_TOKEN_EVENTS = {"content_block_start", "content_block_delta", "response.output_item.added",
+                      "response.output_text.delta", "response.function_call_arguments.delta"}
+END_EVENTS = {"message_delta", "response.completed", "response.incomplete"}
 
 
 def one_turn(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def one_turn(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str,
                 break
             event = json.loads(data)
             kind = event.get("type")
-            if first is None and kind in FIRST_TOKEN_EVENTS:
+            if first is None and (kind in FIRST_TOKEN_EVENTS or kind in END_EVENTS):
                 first = time.perf_counter() - started
             if kind == "message_start":
                 usage.update(event["message"].get("usage") or {})
@@ -155,7 +157,7 @@ def main() -> None:
     parser.add_argument("--endpoints", default="messages,responses")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
     common.exit_on_sigterm()
     model_path = args.model or common.default_model_path()
@@ -187,20 +189,21 @@ def main() -> None:
             for name, outcomes in results.items():
                 later = [o["ttft"] for o in outcomes[1:] if o.get("ttft")]
                 medians[name] = statistics.median(later) if later else None
-            full_reuse = sum(1 for prev, now in zip(results["gallama"], results["gallama"][1:])
-                             if now.get("cached") is not None and prev.get("prompt")
-                             and now["cached"] >= prev["prompt"] - 2)
+            reuse = {name: sum(1 for prev, now in zip(outcomes, outcomes[1:])
+                               if now.get("cached") is not None and prev.get("prompt")
+                               and now["cached"] >= prev["prompt"] - 2) for name, outcomes in results.items()}
             summary.append(f"| {endpoint} | {common.fmt(medians['gallama'] and medians['gallama'] * 1000)} ms | "
                            f"{common.fmt(medians['llama-server'] and medians['llama-server'] * 1000)} ms | "
                            f"{common.fmt(common.ratio(medians['gallama'], medians['llama-server']), 2)} | "
-                           f"{full_reuse}/{len(turns) - 1} |")
+                           f"{reuse['gallama']}/{len(turns) - 1} | {reuse['llama-server']}/{len(turns) - 1} |")
     finally:
         for server in servers.values():
             server.stop()
     table = "\n".join(["| endpoint | turn | prompt tokens | gallama TTFT | gallama reused | llama-server TTFT | llama-server reused |",
                        "|---|---|---|---|---|---|---|", *rows])
-    totals = "\n".join(["| endpoint | gallama median TTFT (turns 2+) | llama-server | ratio | gallama turns reusing the whole previous prompt |",
-                        "|---|---|---|---|---|", *summary])
+    totals = "\n".join(["| endpoint | gallama median TTFT (turns 2+) | llama-server | ratio | "
+                        "turns reusing the whole previous prompt: gallama | llama-server |",
+                        "|---|---|---|---|---|---|", *summary])
     print(totals)
     command = ("python bench/agent_replay.py " + " ".join(sys.argv[1:])).strip()
     common.write_section("Agent conversation replay (bench/agent_replay.py)", f"""
@@ -209,8 +212,9 @@ Command: `{command}`. Model: `{Path(model_path).name}`, {args.threads} threads, 
 tokens on each server, flash attention off on both; {len(turns)} turns of a scripted agent conversation
 (12 tools with long descriptions, each turn one more tool call and its result), streamed, greedy,
 {args.max_tokens} tokens each, the two servers interleaved turn by turn. TTFT: to the first streamed
-token; reused: the prompt tokens the server reports reading from its cache (llama-server's Messages
-and Responses streams do not report them: blank).
+output event (a text or tool-call block), or to the end of a turn that generated nothing but its end;
+reused: the prompt tokens the server reports reading from its cache; prompt tokens: gallama's (each
+server renders the tools into its own prompt).
 
 {totals}
 
