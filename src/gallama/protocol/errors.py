@@ -55,6 +55,18 @@ def unsupported_parameter(name: str, why: str = "is not supported by this server
     return InvalidRequest(f"The parameter '{name}' {why}.", param=name, code="unsupported_parameter")
 
 
+class AnswerInvalid(APIError):
+    """Every try's answer broke the schema. A 4xx: a client retry would meet the same schema and model."""
+
+    status_code = 422
+
+    def __init__(self, violation: str, tries: int, param: str):
+        super().__init__(
+            f"No valid answer in {tries} {'try' if tries == 1 else 'tries'}: {violation}",
+            param=param, code="schema_not_met",
+        )
+
+
 class RequestTimedOut(APIError):
     # A 4xx, not 408 or 5xx: clients (the openai one included) retry those, and the same request would
     # run into the same limit again.

@@ -1,0 +1,112 @@
+"""JSON-schema answers: the grammar enforces what it can express, a validator checks the rest.
+
+llguidance compiles most schemas exactly. One it cannot (`not`, `uniqueItems`,
+`min/maxProperties` with optional keys, `if/then/else`, ...) gets the closest
+grammar that still admits every valid instance: `oneOf` read as `anyOf` and the
+keywords it cannot express left out (its `coerce_one_of` and `lenient` options).
+Every finished answer is then checked against the exact schema with jsonschema,
+so what the grammar let through is caught before it is returned.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import llguidance
+from referencing.exceptions import Unresolvable
+
+# Leaving a keyword out only widens the grammar: every valid instance still matches it.
+RELAXED_OPTIONS: llguidance.JsonCompileOptions = {"coerce_one_of": True, "lenient": True}
+
+# Drafts tried, in order, for a schema that does not declare its `$schema`.
+UNDECLARED_DRAFTS = (jsonschema.Draft202012Validator, jsonschema.Draft7Validator, jsonschema.Draft4Validator)
+
+
+class SchemaCheckError(ValueError):
+    """The schema is not a JSON schema jsonschema can check answers against."""
+
+
+def compile_options(
+    schema: dict[str, Any], exact: llguidance.JsonCompileOptions, limits: llguidance.LLParserLimits | None = None
+) -> llguidance.JsonCompileOptions:
+    """`exact` when the grammar expresses the whole schema, else those options relaxed.
+
+    A schema that compiles under neither gets `exact`, so that the compiler's
+    error names what the schema itself asks for.
+    """
+    for options in (exact, {**exact, **RELAXED_OPTIONS}):
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
+            is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, limits=limits)
+        except (ValueError, TypeError, RuntimeError):
+            continue
+        if not is_error:
+            return options
+    return exact
+
+
+@dataclass(frozen=True)
+class Violation:
+    keyword: str
+    path: str  # JSON pointer into the answer
+    message: str
+
+    def __str__(self) -> str:
+        return f"'{self.keyword}' at '{self.path or '/'}': {self.message}"
+
+
+class SchemaCheck:
+    """Checks answers against one schema, under the draft it declares (formats included)."""
+
+    def __init__(self, schema: dict[str, Any] | bool):
+        self.validator = self._validator(schema)
+
+    @staticmethod
+    def _validator(schema: dict[str, Any] | bool) -> jsonschema.protocols.Validator:
+        declared = isinstance(schema, dict) and "$schema" in schema
+        drafts = (jsonschema.validators.validator_for(schema),) if declared else UNDECLARED_DRAFTS
+        error: jsonschema.SchemaError | None = None
+        for draft in drafts:
+            try:
+                draft.check_schema(schema)
+            except jsonschema.SchemaError as problem:
+                error = error or problem
+                continue
+            return draft(schema, format_checker=draft.FORMAT_CHECKER)
+        where = "/".join(str(part) for part in error.absolute_path)
+        raise SchemaCheckError(f"it is not a valid JSON schema (at '/{where}'): {error.message}")
+
+    def violation(self, text: str) -> Violation | None:
+        """None when the text is JSON that validates, else the violation that decides it."""
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            return Violation("type", "", f"the answer is not JSON: {error}")
+        try:
+            error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+        except Unresolvable as problem:  # a $ref nothing resolves
+            return Violation("$ref", "", str(problem))
+        if error is None:
+            return None
+        return Violation(str(error.validator), "/" + "/".join(str(p) for p in error.absolute_path), error.message)
+
+
+@dataclass
+class AnswerCheck:
+    """What a finished answer must satisfy: its text's schema, and each called tool's parameters."""
+
+    text: SchemaCheck | None = None
+    tools: dict[str, SchemaCheck] = field(default_factory=dict)
+
+    def violation(self, content: str | None, calls: list[tuple[str, str]]) -> str | None:
+        """None when the answer validates; else what breaks which schema. calls: (name, arguments)."""
+        for name, arguments in calls:
+            check = self.tools.get(name)
+            if check is not None and (found := check.violation(arguments)) is not None:
+                return f"the arguments of tool '{name}' break {found}"
+        if not calls and self.text is not None and (found := self.text.violation(content or "")) is not None:
+            return f"the answer breaks {found}"
+        return None
