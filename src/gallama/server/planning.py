@@ -58,8 +58,9 @@ def output_budget(model: ServedModel, prompt_tokens: list[int], requested: int |
     return requested
 
 
-# A retry draws with at least this temperature: at temperature 0 it would repeat the broken answer.
+# A retry draws with at least this temperature, more each try: at temperature 0 it would repeat the broken answer.
 RETRY_TEMPERATURE = 0.7
+RETRY_TEMPERATURE_STEP = 0.3
 
 
 def _guided_json_schema(value):
@@ -179,7 +180,8 @@ def choice_spec(
 def retry_sampling(sampling: SamplingParams, attempt: int) -> SamplingParams:
     """A retry samples, under a seed derived from the request's so a seeded request stays reproducible."""
     seed = None if sampling.seed is None else random.Random(f"{sampling.seed}/{attempt}").getrandbits(63)
-    return dataclasses.replace(sampling, temperature=max(sampling.temperature, RETRY_TEMPERATURE), seed=seed)
+    floor = RETRY_TEMPERATURE + RETRY_TEMPERATURE_STEP * (attempt - 1)
+    return dataclasses.replace(sampling, temperature=max(sampling.temperature, floor), seed=seed)
 
 
 def choice_specs(model: ServedModel, body: SamplingFields, *args, **kwargs) -> list[ChoiceSpec]:

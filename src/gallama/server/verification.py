@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from gallama.server.routes.chat import ChoiceOutput
 
 # Tries per choice, the first included: each retry costs a whole answer's tokens.
-ANSWER_TRIES = 3
+ANSWER_TRIES = 4
 
 FINISHED = ("stop", "tool_calls", "function_call")
 
