@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DEFAULT_MODEL
+from tests.e2e.test_metrics import scrape
 
 ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 
@@ -367,8 +368,10 @@ NEVER_UNIQUE = {"type": "array", "items": {"const": 1}, "minItems": 2, "maxItems
 def test_answer_that_never_validates_is_an_error_naming_keyword_and_path(http):
     body = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 20, "temperature": 0,
             "response_format": schema_format(NEVER_UNIQUE)}
+    before = scrape(http, DEFAULT_MODEL).get("gallama_schema_retries_total", 0)
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 422, response.text
+    assert scrape(http, DEFAULT_MODEL)["gallama_schema_retries_total"] - before == 3  # 4 tries: 3 retries
     error = response.json()["error"]
     assert error["code"] == "schema_not_met" and error["param"] == "response_format"
     assert "4 tries" in error["message"] and "'uniqueItems' at '/'" in error["message"]

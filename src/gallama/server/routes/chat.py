@@ -137,6 +137,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         if verification is not None and not body.stream:  # a stream's deltas are out: it cannot take them back
 
             def retry(index: int, attempt: int) -> ChoiceRun:
+                model.metrics.schema_retries.inc()
                 spec = choice_spec(model, body, index, prompt_tokens, max_tokens, top_logprobs, body.stop_list(),
                                    body.return_stop_word, grammar, attempt=attempt)
                 return start_choices(model, [spec])[0]
