@@ -11,27 +11,17 @@ from gallama.agentic.schema_check import (
     AnswerCheck,
     SchemaCheck,
     SchemaCheckError,
-    compile_options,
+    _byte_tokenizer,
+    grammar_schema,
+    widened,
 )
 
 
 def grammar_accepts(schema: dict, text: str) -> bool:
-    """Whether the compiled (possibly relaxed) grammar admits the text."""
-    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(ByteTokenizer()))
-    matcher = llguidance.LLMatcher(tokenizer, json_schema_grammar(schema), log_level=0)
+    """Whether the compiled (possibly relaxed) grammar admits the text, byte by byte."""
+    matcher = llguidance.LLMatcher(_byte_tokenizer(), json_schema_grammar(schema), log_level=0)
     assert not matcher.is_error(), matcher.get_error()
     return matcher.consume_tokens(list(text.encode())) and matcher.is_accepting()
-
-
-class ByteTokenizer:
-    """One token per byte, plus an end token: the grammar decides byte by byte."""
-
-    eos_token_id = 256
-    bos_token_id = None
-    tokens = [bytes([b]) for b in range(256)] + [b"</s>"]
-
-    def __call__(self, text):
-        return list(text.encode() if isinstance(text, str) else text)
 
 
 # (schema, the relaxed keyword, an instance the relaxed grammar admits but the schema forbids, a valid one)
@@ -60,9 +50,39 @@ def test_relaxed_grammar_admits_the_instance_and_the_check_catches_it(schema, ke
 
 
 def test_a_schema_the_grammar_expresses_compiles_exactly():
-    assert compile_options({"type": "object", "properties": {"a": {"type": "string"}}}, JSON_OPTIONS) == JSON_OPTIONS
-    relaxed = compile_options({"type": "array", "uniqueItems": True}, JSON_OPTIONS)
-    assert relaxed == {**JSON_OPTIONS, **RELAXED_OPTIONS}
+    exact = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert grammar_schema(exact, JSON_OPTIONS) == (exact, JSON_OPTIONS)
+    unique = {"type": "array", "uniqueItems": True}
+    assert grammar_schema(unique, JSON_OPTIONS) == (unique, {**JSON_OPTIONS, **RELAXED_OPTIONS})
+
+
+LOOKAROUND = {"type": "object", "properties": {"pattern": {"type": "string", "pattern": "^(?!tmp).*$"},
+                                               "kind": {"const": {"pattern": "kept"}}},
+              "required": ["pattern"], "additionalProperties": False}
+
+
+def test_widened_drops_patterns_and_ref_siblings_only():
+    assert widened(LOOKAROUND)["properties"] == {"pattern": {"type": "string"}, "kind": {"const": {"pattern": "kept"}}}
+    assert widened({"items": {"$ref": "#/$defs/a", "minItems": 2}}) == {"items": {"$ref": "#/$defs/a"}}
+
+
+def test_a_look_around_pattern_is_left_to_the_check():
+    schema, _ = grammar_schema(LOOKAROUND, JSON_OPTIONS)
+    assert schema == widened(LOOKAROUND)
+    assert grammar_accepts(LOOKAROUND, '{"pattern": "tmp1", "kind": {"pattern": "kept"}}')
+    violation = SchemaCheck(LOOKAROUND).violation('{"pattern": "tmp1", "kind": {"pattern": "kept"}}')
+    assert (violation.keyword, violation.path) == ("pattern", "/pattern")
+
+
+RECURSIVE_WITH_SIBLINGS = {"$defs": {"node": {"type": "object", "properties": {
+    "kids": {"type": "array", "items": {"$ref": "#/$defs/node", "maxProperties": 1}}}, "additionalProperties": False}},
+    "$ref": "#/$defs/node"}
+
+
+def test_recursive_reference_with_siblings_is_served():
+    text = '{"kids": [{"kids": []}]}'
+    assert grammar_accepts(RECURSIVE_WITH_SIBLINGS, text)
+    assert SchemaCheck(RECURSIVE_WITH_SIBLINGS).violation(text) is None
 
 
 def test_violation_names_keyword_and_path():

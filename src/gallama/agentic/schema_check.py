@@ -10,6 +10,7 @@ so what the grammar let through is caught before it is returned.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,23 +30,63 @@ class SchemaCheckError(ValueError):
     """The schema is not a JSON schema jsonschema can check answers against."""
 
 
-def compile_options(
-    schema: dict[str, Any], exact: llguidance.JsonCompileOptions, limits: llguidance.LLParserLimits | None = None
-) -> llguidance.JsonCompileOptions:
-    """`exact` when the grammar expresses the whole schema, else those options relaxed.
+# Keywords whose values are data, not schemas: nothing inside them is widened.
+DATA_KEYWORDS = ("const", "enum", "default", "examples")
 
-    A schema that compiles under neither gets `exact`, so that the compiler's
-    error names what the schema itself asks for.
+
+def widened(schema: Any) -> Any:
+    """The schema without what llguidance cannot compile even when lenient: string `pattern`s
+    (look-arounds) and the constraints beside a `$ref` (recursive references with siblings; its
+    definitions and identifiers stay). Both only drop constraints: every valid instance still matches."""
+    if isinstance(schema, list):
+        return [widened(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    keep = (lambda key: key.startswith("$") or key == "definitions") if isinstance(schema.get("$ref"), str) else (
+        lambda key: not (key == "pattern" and isinstance(schema[key], str)))
+    return {key: value if key in DATA_KEYWORDS else widened(value) for key, value in schema.items() if keep(key)}
+
+
+class _ByteTokenizer:
+    """One token per byte: enough for the compiler to build (and so check) the whole grammar,
+    which it does not without a tokenizer."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = [bytes([b]) for b in range(256)] + [b"<eos>"]
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        return list(text.encode() if isinstance(text, str) else text)
+
+
+@functools.cache
+def _byte_tokenizer() -> llguidance.LLTokenizer:
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokenizer()))
+
+
+def _compiles(schema: dict[str, Any], options: llguidance.JsonCompileOptions, limits) -> bool:
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
+        is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, _byte_tokenizer(), limits=limits)
+    except (ValueError, TypeError, RuntimeError):
+        return False
+    return not is_error
+
+
+def grammar_schema(
+    schema: dict[str, Any], exact: llguidance.JsonCompileOptions, limits: llguidance.LLParserLimits | None = None
+) -> tuple[dict[str, Any], llguidance.JsonCompileOptions]:
+    """(schema, options) for the closest grammar that compiles: the exact schema under `exact`
+    when it does; else the keywords the grammar cannot express left out, then also `widened`.
+
+    A schema that compiles under none is returned relaxed, so that the compiler's error names
+    what not even the relaxed grammar can do.
     """
-    for options in (exact, {**exact, **RELAXED_OPTIONS}):
-        try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
-            is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, limits=limits)
-        except (ValueError, TypeError, RuntimeError):
-            continue
-        if not is_error:
-            return options
-    return exact
+    relaxed = {**exact, **RELAXED_OPTIONS}
+    for candidate, options in ((schema, exact), (schema, relaxed), (widened(schema), relaxed)):
+        if _compiles(candidate, options, limits):
+            return candidate, options
+    return schema, relaxed
 
 
 @dataclass(frozen=True)
