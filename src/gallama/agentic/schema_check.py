@@ -64,17 +64,17 @@ def _byte_tokenizer() -> llguidance.LLTokenizer:
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokenizer()))
 
 
-def _compiles(schema: dict[str, Any], options: llguidance.JsonCompileOptions, limits) -> bool:
+def _compiles(schema: dict[str, Any], options: llguidance.JsonCompileOptions) -> bool:
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
-        is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, _byte_tokenizer(), limits=limits)
+        is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, _byte_tokenizer())
     except (ValueError, TypeError, RuntimeError):
         return False
     return not is_error
 
 
 def grammar_schema(
-    schema: dict[str, Any], exact: llguidance.JsonCompileOptions, limits: llguidance.LLParserLimits | None = None
+    schema: dict[str, Any], exact: llguidance.JsonCompileOptions
 ) -> tuple[dict[str, Any], llguidance.JsonCompileOptions]:
     """(schema, options) for the closest grammar that compiles: the exact schema under `exact`
     when it does; else the keywords the grammar cannot express left out, then also `widened`.
@@ -82,11 +82,18 @@ def grammar_schema(
     A schema that compiles under none is returned relaxed, so that the compiler's error names
     what not even the relaxed grammar can do.
     """
+    candidate, options = _closest_grammar(json.dumps(schema), json.dumps(exact))
+    return json.loads(candidate), json.loads(options)
+
+
+@functools.lru_cache(maxsize=256)  # by JSON text: a schema sent again is not compiled again to decide
+def _closest_grammar(schema_text: str, exact_text: str) -> tuple[str, str]:
+    schema, exact = json.loads(schema_text), json.loads(exact_text)
     relaxed = {**exact, **RELAXED_OPTIONS}
     for candidate, options in ((schema, exact), (schema, relaxed), (widened(schema), relaxed)):
-        if _compiles(candidate, options, limits):
-            return candidate, options
-    return schema, relaxed
+        if _compiles(candidate, options):
+            return json.dumps(candidate), json.dumps(options)
+    return schema_text, json.dumps(relaxed)
 
 
 @dataclass(frozen=True)
