@@ -124,3 +124,11 @@ def test_answer_check_checks_each_call_and_the_text():
     assert answers.violation("", [("f", '{"x": -1}')]) is None
     problem = answers.violation("", [("f", '{"x": 1}')])
     assert "tool 'f'" in problem and "'oneOf' at '/x'" in problem
+
+
+def test_a_schema_sent_again_reuses_its_check():
+    from gallama.agentic.schema_check import check_for
+
+    first = check_for({"type": "array", "uniqueItems": True})
+    assert check_for({"uniqueItems": True, "type": "array"}) is first  # same schema, keys in another order
+    assert check_for({"type": "array"}) is not first

@@ -142,6 +142,16 @@ class SchemaCheck:
         return Violation(str(error.validator), "/" + "/".join(str(p) for p in error.absolute_path), error.message)
 
 
+def check_for(schema: dict[str, Any] | bool) -> SchemaCheck:
+    """The schema's check, built once per schema text: reading a large schema's meta-schema takes a while."""
+    return _check_for(json.dumps(schema, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _check_for(schema_text: str) -> SchemaCheck:
+    return SchemaCheck(json.loads(schema_text))
+
+
 @dataclass
 class AnswerCheck:
     """What a finished answer must satisfy: its text's schema, and each called tool's parameters."""

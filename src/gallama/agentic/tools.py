@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gallama.agentic.constraints import ConstraintError
-from gallama.agentic.schema_check import AnswerCheck, SchemaCheck, SchemaCheckError
+from gallama.agentic.schema_check import AnswerCheck, SchemaCheck, SchemaCheckError, check_for
 from gallama.agentic.tool_formats import ToolCallFormat
 from gallama.agentic.tool_grammar import check_parameters, tool_grammar
 from gallama.agentic.tool_prompt import generic_history, native_history
@@ -59,7 +59,7 @@ def plan_tools(
         parameters = tools[index]["function"].get("parameters") or {}
         try:
             check_parameters(name, parameters)
-            checks[name] = SchemaCheck(parameters)
+            checks[name] = check_for(parameters)
         except ConstraintError as error:
             raise ToolRequestError(str(error), f"tools.{index}.function.parameters") from error
         except SchemaCheckError as error:

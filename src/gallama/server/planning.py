@@ -8,7 +8,7 @@ import random
 
 from gallama.agentic import constraints
 from gallama.agentic.constraints import ConstraintError
-from gallama.agentic.schema_check import SchemaCheck, SchemaCheckError
+from gallama.agentic.schema_check import SchemaCheck, SchemaCheckError, check_for
 from gallama.engines.base import GenerationRequest, SamplingParams
 from gallama.protocol.errors import ContextLengthExceeded, InvalidRequest
 from gallama.protocol.requests import SamplingFields
@@ -95,7 +95,7 @@ def schema_check(body: SamplingFields) -> tuple[str, SchemaCheck] | None:
         return None
     param, schema = found
     try:
-        return param, SchemaCheck(schema)
+        return param, check_for(schema)
     except SchemaCheckError as error:
         raise InvalidRequest(f"Invalid {param}: {error}", param=param, code="invalid_grammar") from error
 
