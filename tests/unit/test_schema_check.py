@@ -13,7 +13,7 @@ from gallama.agentic.schema_check import (
     SchemaCheckError,
     _byte_tokenizer,
     grammar_schema,
-    widened,
+    relaxed,
 )
 
 
@@ -31,6 +31,8 @@ RELAXED = [
     ({"type": "integer", "not": {"const": 5}}, "not", "5", "6"),
     ({"type": "object", "properties": {"a": {"type": "integer"}}, "maxProperties": 1}, "maxProperties",
      '{"a": 1, "b": 2}', '{"a": 1}'),
+    ({"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 1}, "minProperties",
+     '{}', '{"a": 1}'),
     ({"type": "object", "properties": {"a": {"type": "integer"}}, "dependentRequired": {"a": ["b"]}},
      "dependentRequired", '{"a": 1}', '{"a": 1, "b": 2}'),
     ({"type": "object", "properties": {"kind": {"type": "string"}, "n": {"type": "integer"}},
@@ -61,14 +63,14 @@ LOOKAROUND = {"type": "object", "properties": {"pattern": {"type": "string", "pa
               "required": ["pattern"], "additionalProperties": False}
 
 
-def test_widened_drops_patterns_and_ref_siblings_only():
-    assert widened(LOOKAROUND)["properties"] == {"pattern": {"type": "string"}, "kind": {"const": {"pattern": "kept"}}}
-    assert widened({"items": {"$ref": "#/$defs/a", "minItems": 2}}) == {"items": {"$ref": "#/$defs/a"}}
+def test_widening_drops_patterns_and_ref_siblings_only():
+    assert relaxed(LOOKAROUND, widen=True)["properties"] == {"pattern": {"type": "string"}, "kind": {"const": {"pattern": "kept"}}}
+    assert relaxed({"items": {"$ref": "#/$defs/a", "minItems": 2}}, widen=True) == {"items": {"$ref": "#/$defs/a"}}
 
 
 def test_a_look_around_pattern_is_left_to_the_check():
     schema, _ = grammar_schema(LOOKAROUND, JSON_OPTIONS)
-    assert schema == widened(LOOKAROUND)
+    assert schema == relaxed(LOOKAROUND, widen=True)
     assert grammar_accepts(LOOKAROUND, '{"pattern": "tmp1", "kind": {"pattern": "kept"}}')
     violation = SchemaCheck(LOOKAROUND).violation('{"pattern": "tmp1", "kind": {"pattern": "kept"}}')
     assert (violation.keyword, violation.path) == ("pattern", "/pattern")

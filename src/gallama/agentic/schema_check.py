@@ -30,21 +30,31 @@ class SchemaCheckError(ValueError):
     """The schema is not a JSON schema jsonschema can check answers against."""
 
 
-# Keywords whose values are data, not schemas: nothing inside them is widened.
+# Keywords whose values are data, not schemas: nothing inside them is relaxed.
 DATA_KEYWORDS = ("const", "enum", "default", "examples")
+# Left to the check outright: llguidance's lenient grammar for these wrongly refuses some valid
+# objects (minProperties 1 with optional keys refuses {"a": 1}).
+UNSOUND_WHEN_LENIENT = ("minProperties", "maxProperties")
 
 
-def widened(schema: Any) -> Any:
-    """The schema without what llguidance cannot compile even when lenient: string `pattern`s
-    (look-arounds) and the constraints beside a `$ref` (recursive references with siblings; its
-    definitions and identifiers stay). Both only drop constraints: every valid instance still matches."""
+def relaxed(schema: Any, widen: bool = False) -> Any:
+    """The schema without the keywords that `UNSOUND_WHEN_LENIENT` names; with `widen`, also
+    without what llguidance cannot compile even when lenient: string `pattern`s (look-arounds)
+    and the constraints beside a `$ref` (recursive references with siblings; its definitions and
+    identifiers stay). Each only drops constraints: every valid instance still matches."""
     if isinstance(schema, list):
-        return [widened(item) for item in schema]
+        return [relaxed(item, widen) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    keep = (lambda key: key.startswith("$") or key == "definitions") if isinstance(schema.get("$ref"), str) else (
-        lambda key: not (key == "pattern" and isinstance(schema[key], str)))
-    return {key: value if key in DATA_KEYWORDS else widened(value) for key, value in schema.items() if keep(key)}
+
+    def kept(key: str) -> bool:
+        if widen and isinstance(schema.get("$ref"), str):
+            return key.startswith("$") or key == "definitions"
+        if widen and key == "pattern" and isinstance(schema[key], str):
+            return False
+        return key not in UNSOUND_WHEN_LENIENT or not isinstance(schema[key], int)
+
+    return {key: value if key in DATA_KEYWORDS else relaxed(value, widen) for key, value in schema.items() if kept(key)}
 
 
 class _ByteTokenizer:
@@ -77,7 +87,8 @@ def grammar_schema(
     schema: dict[str, Any], exact: llguidance.JsonCompileOptions
 ) -> tuple[dict[str, Any], llguidance.JsonCompileOptions]:
     """(schema, options) for the closest grammar that compiles: the exact schema under `exact`
-    when it does; else the keywords the grammar cannot express left out, then also `widened`.
+    when it does; else the keywords the grammar cannot express left out (`relaxed`), then
+    also the ones it cannot compile (`relaxed(widen=True)`).
 
     A schema that compiles under none is returned relaxed, so that the compiler's error names
     what not even the relaxed grammar can do.
@@ -89,11 +100,11 @@ def grammar_schema(
 @functools.lru_cache(maxsize=256)  # by JSON text: a schema sent again is not compiled again to decide
 def _closest_grammar(schema_text: str, exact_text: str) -> tuple[str, str]:
     schema, exact = json.loads(schema_text), json.loads(exact_text)
-    relaxed = {**exact, **RELAXED_OPTIONS}
-    for candidate, options in ((schema, exact), (schema, relaxed), (widened(schema), relaxed)):
+    lenient = {**exact, **RELAXED_OPTIONS}
+    for candidate, options in ((schema, exact), (relaxed(schema), lenient), (relaxed(schema, widen=True), lenient)):
         if _compiles(candidate, options):
             return json.dumps(candidate), json.dumps(options)
-    return schema_text, json.dumps(relaxed)
+    return schema_text, json.dumps(lenient)
 
 
 @dataclass(frozen=True)

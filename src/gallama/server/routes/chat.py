@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 
 from gallama.agentic.chat_template import TemplateError
 from gallama.agentic.reasoning import ReasoningSplitter, ReasoningTags
+from gallama.agentic.schema_check import AnswerCheck
 from gallama.agentic.thinking import ThinkingTemplate, ThinkingTemplateError
 from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
 from gallama.agentic.tools import ToolPlan, ToolRequestError, plan_tools
 from gallama.engines.base import EngineOverloaded
-from gallama.agentic.schema_check import AnswerCheck
 from gallama.protocol.errors import AnswerInvalid, InvalidRequest, RateLimited
 from gallama.protocol.requests import ChatCompletionRequest, ChatMessage
 from gallama.protocol.responses import ResponseHeader, chat_logprobs, usage
