@@ -2,7 +2,8 @@
 
 For every schema:
 - whether llguidance itself compiles it (`LLMatcher.grammar_from_json_schema` then
-  `LLMatcher.validate_grammar`, with the model's own tokenizer);
+  `LLMatcher.validate_grammar`, with the model's own tokenizer), and whether gallama's
+  closest grammar does (exact, else relaxed: README "Structured output"), and in how long;
 - whether `jsonschema` can check it (its draft's meta-schema accepts it); the ones it
   cannot are a bucket of their own;
 - whether the server accepts it as `response_format: {"type": "json_schema", "json_schema":
@@ -12,7 +13,8 @@ For every schema:
   of tokens.
 
 The goal for gallama: every `stop` output valid, and no schema rejected that llguidance
-compiles (those are listed).
+compiles (those are listed). For a started gallama, the retries its answer check spent
+(`gallama_schema_retries_total` on /metrics) are reported.
 
   python bench/schema_coverage.py --start-gallama --limit 5
   python bench/schema_coverage.py --base-url http://127.0.0.1:8000/v1 --model SmolLM2-135M-Instruct.Q4_1 --limit 2
@@ -45,6 +47,8 @@ class Schema:
     schema: object = None
     read_error: str = ""
     llguidance_error: str | None = None  # None: compiles
+    gallama_error: str | None = None  # None: gallama's closest grammar compiles
+    compile_ms: float = 0.0  # gallama: the grammar chosen and compiled for the tokenizer
     checker: object = None  # a jsonschema validator, or None
     checker_error: str = ""
     draft: str = ""
@@ -94,6 +98,25 @@ def llguidance_compiles(schema_text: str, tokenizer) -> str | None:
     return error or None
 
 
+def gallama_compiles(schema, tokenizer) -> tuple[str | None, float]:
+    """(None or gallama's error, milliseconds): the closest grammar chosen and compiled, as a request would."""
+    from gallama.agentic.constraints import ConstraintCompiler, ConstraintError, json_schema_grammar
+
+    started = time.perf_counter()
+    try:
+        grammar = json_schema_grammar(schema)
+        if tokenizer is not None:
+            ConstraintCompiler(tokenizer).matcher(grammar)
+            error = None
+        else:
+            import llguidance
+
+            error = llguidance.LLMatcher.validate_grammar(grammar) or None
+    except ConstraintError as exc:
+        error = str(exc)
+    return error, (time.perf_counter() - started) * 1000
+
+
 def jsonschema_checker(schema) -> tuple[object, str, str]:
     """(validator, draft name, error): the validator for the schema's `$schema` draft; a schema
     without `$schema` gets the first of 2020-12, 7, 4 whose meta-schema accepts it."""
@@ -141,6 +164,7 @@ def load(folder: Path, categories: list[str] | None, limit: int | None, tokenize
                 schemas.append(item)
                 continue
             item.llguidance_error = llguidance_compiles(item.text, tokenizer)
+            item.gallama_error, item.compile_ms = gallama_compiles(item.schema, tokenizer)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 item.checker, item.draft, item.checker_error = jsonschema_checker(item.schema)
@@ -220,6 +244,7 @@ def summarize(schemas: list[Schema], results: list[Result]) -> dict[str, dict]:
         row = summary.setdefault(result.category, collections.Counter())
         row["n"] += 1
         row["llguidance"] += schema.llguidance_error is None and not schema.read_error
+        row["gallama_compiles"] += schema.gallama_error is None and not schema.read_error
         row["jsonschema_unsupported"] += schema.checker is None
         row[result.status] += 1
         accepted = result.status not in ("rejected", "error", "unreadable")
@@ -231,9 +256,9 @@ def summarize(schemas: list[Schema], results: list[Result]) -> dict[str, dict]:
 
 def table(label: str, summary: dict[str, dict]) -> str:
     lines = [f"**{label}**", "",
-             "| category | schemas | llguidance compiles | accepted | valid (of stop) | out of tokens (of accepted) "
-             "| jsonschema can't check | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| category | schemas | llguidance compiles | gallama compiles | accepted | valid (of stop) | invalid "
+             "| out of tokens (of accepted) | jsonschema can't check | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     total = collections.Counter()
     for category, row in list(summary.items()) + [("**all**", None)]:
         if row is None:
@@ -242,11 +267,35 @@ def table(label: str, summary: dict[str, dict]) -> str:
             total.update(row)
         lines.append(
             f"| {category} | {row['n']} | {peers.pct(row['llguidance'], row['n'])} "
+            f"| {peers.pct(row['gallama_compiles'], row['n'])} "
             f"| {peers.pct(row['accepted'], row['n'])} ({row['accepted']}) "
             f"| {peers.pct(row['valid'], row['stop_checked'])} ({row['valid']}/{row['stop_checked']}) "
+            f"| {row['invalid']} "
             f"| {peers.pct(row['length'], row['accepted'])} ({row['length']}) "
             f"| {row['jsonschema_unsupported']} | {row['error'] + row['other']} |")
     return "\n".join(lines)
+
+
+def schema_retries(target: peers.Target) -> float | None:
+    """gallama's retries counter on /metrics (summed over models); None for a server without it."""
+    import httpx
+
+    try:
+        text = httpx.get(target.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return None
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("gallama_schema_retries_total")]
+    return sum(values) if values else None
+
+
+def compile_times(schemas: list[Schema]) -> str:
+    times = sorted(s.compile_ms for s in schemas if not s.read_error)
+    if not times:
+        return ""
+    at = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    compiled = sum(s.gallama_error is None and not s.read_error for s in schemas)
+    return (f"gallama compiles {compiled} of {len(schemas)} schemas (its closest grammar, for the model's tokenizer); "
+            f"compile time p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {times[-1]:.1f} ms.")
 
 
 def problem_lists(label: str, schemas: list[Schema], results: list[Result], show: int = 25) -> str:
@@ -279,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     schemas = load(args.data, categories, args.limit, tokenizer)
     compiled = sum(s.llguidance_error is None and not s.read_error for s in schemas)
     print(f"{len(schemas)} schemas from {args.data}; llguidance compiles {compiled}", file=sys.stderr)
+    print(compile_times(schemas), file=sys.stderr)
 
     plans = peers.plans(args, gguf)
     reports, problems, saved = [], [], {}
@@ -287,20 +337,27 @@ def main(argv: list[str] | None = None) -> int:
         for s in schemas:
             per[s.category]["n"] += 1
             per[s.category]["llguidance"] += s.llguidance_error is None and not s.read_error
+            per[s.category]["gallama"] += s.gallama_error is None and not s.read_error
             per[s.category]["jsonschema_unsupported"] += s.checker is None
-        reports.append("| category | schemas | llguidance compiles | jsonschema can't check |\n|---|---|---|---|\n" + "\n".join(
-            f"| {c} | {r['n']} | {peers.pct(r['llguidance'], r['n'])} ({r['llguidance']}) | {r['jsonschema_unsupported']} |"
+        reports.append("| category | schemas | llguidance compiles | gallama compiles | jsonschema can't check |\n"
+                       "|---|---|---|---|---|\n" + "\n".join(
+            f"| {c} | {r['n']} | {peers.pct(r['llguidance'], r['n'])} ({r['llguidance']}) "
+            f"| {peers.pct(r['gallama'], r['n'])} ({r['gallama']}) | {r['jsonschema_unsupported']} |"
             for c, r in per.items()))
     for label, plan in plans:
         with plan as target:
             started = time.perf_counter()
+            retries_before = schema_retries(target)
             results = peers.run_each(
                 target, schemas, lambda client, target, s: ask(client, target, s, args.max_tokens, args.prompt_schema_chars),
                 args.concurrency, args.timeout, "schemas")
             wall = time.perf_counter() - started
+            retries_after = schema_retries(target)
         tokens = sum(r.tokens for r in results)
+        retries = ("" if retries_before is None or retries_after is None
+                   else f" {retries_after - retries_before:.0f} answers drawn again after breaking their schema.")
         reports.append(table(label, summarize(schemas, results))
-                       + f"\n\n{label}: {wall:.0f} s wall time, {tokens} completion tokens.")
+                       + f"\n\n{label}: {wall:.0f} s wall time, {tokens} completion tokens (every try).{retries}")
         problems.append(problem_lists(label, schemas, results))
         saved[label] = [r.__dict__ for r in results]
 
@@ -321,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             "accepts; \"out of tokens\" those that hit max_tokens.",
             "",
             f"Machine: {peers.machine_note()}.",
+            "",
+            compile_times(schemas),
             "",
             "```",
             peers.command_line(),

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DEFAULT_MODEL
+from tests.e2e.test_metrics import scrape
 
 ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 
@@ -324,3 +325,73 @@ def test_generated_regexes_always_match(client, pattern, seed):
     choice = response.choices[0]
     assert choice.finish_reason == "stop"  # every pattern here matches in far fewer than 40 tokens
     assert re.fullmatch(pattern, choice.message.content), (pattern, choice.message.content)
+
+
+# -- schemas the grammar cannot express exactly: relaxed grammar, answers verified ---------
+
+RELAXED_SCHEMAS = {
+    "oneOf": {"type": "object", "properties": {"id": {"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 8}]}},
+              "required": ["id"], "additionalProperties": False},
+    "not": {"type": "object", "properties": {"n": {"type": "integer", "not": {"const": 0}}}, "required": ["n"],
+            "additionalProperties": False},
+    "uniqueItems": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 2, "maxItems": 3,
+                    "uniqueItems": True},
+    "if_then": {"type": "object", "properties": {"big": {"type": "boolean"}, "n": {"type": "integer"}},
+                "required": ["big", "n"], "additionalProperties": False,
+                "if": {"properties": {"big": {"const": True}}}, "then": {"properties": {"n": {"minimum": 100}}}},
+}
+
+
+@pytest.mark.parametrize("name", RELAXED_SCHEMAS)
+def test_relaxed_schemas_are_served_and_verified(http, name):
+    """Accepted, and either a valid answer or, when no try validates, a 422 naming the keyword: never invalid."""
+    schema = RELAXED_SCHEMAS[name]
+    body = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 60, "temperature": 0, "seed": 1,
+            "response_format": schema_format(schema)}
+    response = http.post("/v1/chat/completions", json=body)
+    if response.status_code == 422:  # SmolLM2 repeats itself: uniqueItems may defeat every try
+        assert response.json()["error"]["code"] == "schema_not_met"
+        broken = re.search(r"breaks '(\w+)' at '/", response.json()["error"]["message"])
+        assert broken and f'"{broken[1]}"' in json.dumps(schema), response.text  # a keyword of this schema
+        return
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(choice["message"]["content"]), schema,
+                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+# The grammar admits only [1, 1, ...]; uniqueItems, left to the check, refuses every try.
+NEVER_UNIQUE = {"type": "array", "items": {"const": 1}, "minItems": 2, "maxItems": 2, "uniqueItems": True}
+
+
+def test_answer_that_never_validates_is_an_error_naming_keyword_and_path(http):
+    body = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 20, "temperature": 0,
+            "response_format": schema_format(NEVER_UNIQUE)}
+    before = scrape(http, DEFAULT_MODEL).get("gallama_schema_retries_total", 0)
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 422, response.text
+    assert scrape(http, DEFAULT_MODEL)["gallama_schema_retries_total"] - before == 3  # 4 tries: 3 retries
+    error = response.json()["error"]
+    assert error["code"] == "schema_not_met" and error["param"] == "response_format"
+    assert "4 tries" in error["message"] and "'uniqueItems' at '/'" in error["message"]
+
+
+def test_stream_that_breaks_the_schema_ends_with_an_error_event(http):
+    body = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 20, "temperature": 0, "stream": True,
+            "response_format": schema_format(NEVER_UNIQUE)}
+    events = [line[6:] for line in http.post("/v1/chat/completions", json=body).text.splitlines()
+              if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert events[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")) == "[1, 1]"
+    assert not any(c["choices"][0]["finish_reason"] for c in chunks if c.get("choices"))
+    assert "uniqueItems" in chunks[-1]["error"]["message"] and chunks[-1]["error"]["code"] == "schema_not_met"
+
+
+def test_schema_jsonschema_cannot_read_is_400(http):
+    body = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 5,
+            "response_format": schema_format({"type": "object", "properties": {"a": {"minimum": "zero"}}})}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "response_format"

@@ -217,3 +217,16 @@ def test_bad_tools_are_400(http, tools, tool_choice, param):
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_tool_with_one_of_parameters_is_served_and_verified(client):
+    lookup = {"type": "function", "function": {"name": "lookup", "description": "Look up a record by id or by name",
+              "parameters": {"type": "object", "properties": {"key": {"oneOf": [
+                  {"type": "integer", "minimum": 0}, {"type": "string", "maxLength": 20}]}},
+                  "required": ["key"], "additionalProperties": False}}}
+    reply = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Look up the record of Alice."}], tools=[lookup],
+        tool_choice="required", max_tokens=60, temperature=0,
+    )
+    call = reply.choices[0].message.tool_calls[0]
+    jsonschema.validate(json.loads(call.function.arguments), lookup["function"]["parameters"])

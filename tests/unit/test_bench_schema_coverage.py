@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.schema_coverage import (  # noqa: E402
     Result,
     Schema,
+    gallama_compiles,
     jsonschema_checker,
     llguidance_compiles,
     load,
@@ -25,6 +26,7 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
 def schema(value, category="c", name="s") -> Schema:
     item = Schema(category, name, json.dumps(value), value)
     item.llguidance_error = llguidance_compiles(item.text, None)
+    item.gallama_error, item.compile_ms = gallama_compiles(value, None)
     item.checker, item.draft, item.checker_error = jsonschema_checker(value)
     return item
 
@@ -79,3 +81,10 @@ def test_load_by_category_with_limit(tmp_path):
     assert [(s.category, s.name) for s in loaded] == [("a", "0"), ("a", "1"), ("b", "0"), ("b", "1")]
     everything = load(tmp_path, ["b"], None, None)
     assert [s.name for s in everything if s.read_error] == ["bad"]
+
+
+def test_gallama_compiles_what_llguidance_needs_relaxed_for():
+    unique = {"type": "array", "uniqueItems": True}
+    error, milliseconds = gallama_compiles(unique, None)
+    assert error is None and milliseconds > 0
+    assert gallama_compiles({"type": "no-such-type"}, None)[0]

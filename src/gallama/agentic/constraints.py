@@ -17,6 +17,8 @@ from typing import Any
 import llguidance
 from llguidance.gbnf_to_lark import gbnf_to_lark
 
+from gallama.agentic.schema_check import grammar_schema
+
 # Compact JSON: free whitespace lets a small model ramble where no content goes.
 JSON_OPTIONS: llguidance.JsonCompileOptions = {
     "whitespace_flexible": False,
@@ -41,7 +43,8 @@ def json_schema_grammar(schema: dict[str, Any] | bool) -> str:
         schema = {}
     if not isinstance(schema, dict):
         raise ConstraintError("the schema must be a JSON object")
-    return _checked(lambda s: llguidance.LLMatcher.grammar_from_json_schema(s, defaults=JSON_OPTIONS), schema)
+    schema, options = grammar_schema(schema, JSON_OPTIONS)
+    return _checked(lambda s: llguidance.LLMatcher.grammar_from_json_schema(s, defaults=options), schema)
 
 
 def json_object_grammar() -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import llguidance
 
 from gallama.agentic.constraints import JSON_OPTIONS, ConstraintError, json_schema_grammar
+from gallama.agentic.schema_check import grammar_schema
 from gallama.agentic.tool_formats import ToolCallFormat
 
 
@@ -28,7 +29,8 @@ def _regex_literal(text: str) -> str:
 
 
 def _json_block(schema: dict[str, Any]) -> str:
-    return "%json " + json.dumps({**schema, "x-guidance": dict(JSON_OPTIONS)})
+    schema, options = grammar_schema(schema, JSON_OPTIONS)
+    return "%json " + json.dumps({**schema, "x-guidance": dict(options)})
 
 
 OPEN_OBJECT_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")

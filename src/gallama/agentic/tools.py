@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gallama.agentic.constraints import ConstraintError
+from gallama.agentic.schema_check import AnswerCheck, SchemaCheck, SchemaCheckError, check_for
 from gallama.agentic.tool_formats import ToolCallFormat
 from gallama.agentic.tool_grammar import check_parameters, tool_grammar
 from gallama.agentic.tool_prompt import generic_history, native_history
@@ -23,6 +24,7 @@ class ToolPlan:
     tools: list[dict[str, Any]]  # OpenAI tool objects, as sent
     choice: str  # "none", "auto", "required" or a tool name
     parallel: bool
+    checks: dict[str, SchemaCheck] = field(default_factory=dict)  # tool name -> its parameters' check
 
     @property
     def parser_mode(self) -> str:
@@ -38,6 +40,9 @@ class ToolPlan:
         parameters = {tool["function"]["name"]: tool["function"].get("parameters") or {} for tool in self.tools}
         return tool_grammar(parameters, self.syntax, self.choice, self.parallel, text_schema)
 
+    def answer_check(self, text: SchemaCheck | None) -> AnswerCheck:
+        return AnswerCheck(text=text, tools=self.checks)
+
 
 def plan_tools(
     tools: list[dict[str, Any]] | None, tool_choice: str | dict | None, parallel: bool, syntax: ToolCallFormat
@@ -49,17 +54,22 @@ def plan_tools(
             raise ToolRequestError(f"tool_choice asks for {wanted}, but no tools are given", "tool_choice")
         return None
     names = [tool["function"]["name"] for tool in tools]
+    checks = {}
     for index, name in enumerate(names):
         if name in names[:index]:
             raise ToolRequestError(f"tool names must be unique; '{name}' is given twice", f"tools.{index}.function.name")
+        parameters = tools[index]["function"].get("parameters") or {}
         try:
-            check_parameters(name, tools[index]["function"].get("parameters") or {})
+            check_parameters(name, parameters)
+            checks[name] = check_for(parameters)
         except ConstraintError as error:
             raise ToolRequestError(str(error), f"tools.{index}.function.parameters") from error
+        except SchemaCheckError as error:
+            raise ToolRequestError(f"the parameters of tool '{name}': {error}", f"tools.{index}.function.parameters") from error
     if isinstance(tool_choice, dict):
         choice = tool_choice["function"]["name"]
         if choice not in names:
             raise ToolRequestError(f"tool_choice names '{choice}', which is not among the given tools", "tool_choice")
     else:
         choice = tool_choice or "auto"
-    return ToolPlan(syntax=syntax, tools=tools, choice=choice, parallel=parallel)
+    return ToolPlan(syntax=syntax, tools=tools, choice=choice, parallel=parallel, checks=checks)

@@ -7,8 +7,8 @@ from typing import Any
 ANTHROPIC_PATHS = ("/v1/messages",)
 # Anthropic's error types by status (docs.anthropic.com, "Errors").
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
-                   529: "overloaded_error"}
+                   404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
+                   429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
 def speaks_anthropic(path: str) -> bool:
@@ -78,6 +78,18 @@ class ServerFailed(APIError):
 
 def unsupported_parameter(name: str, why: str = "is not supported by this server") -> InvalidRequest:
     return InvalidRequest(f"The parameter '{name}' {why}.", param=name, code="unsupported_parameter")
+
+
+class AnswerInvalid(APIError):
+    """Every try's answer broke the schema. A 4xx: a client retry would meet the same schema and model."""
+
+    status_code = 422
+
+    def __init__(self, violation: str, tries: int, param: str):
+        super().__init__(
+            f"No valid answer in {tries} {'try' if tries == 1 else 'tries'}: {violation}",
+            param=param, code="schema_not_met",
+        )
 
 
 class RequestTimedOut(APIError):

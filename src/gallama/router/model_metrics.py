@@ -37,6 +37,8 @@ class ModelMetrics:
         self.prompt_tokens = Counter("gallama_prompt_tokens", "Prompt tokens of generation requests",
                                      registry=self.registry)
         self.generated_tokens = Counter("gallama_generated_tokens", "Tokens generated", registry=self.registry)
+        self.schema_retries = Counter("gallama_schema_retries", "Answers drawn again because the last broke its schema",
+                                      registry=self.registry)
         self.time_to_first_token = Histogram(
             "gallama_time_to_first_token_seconds", "From queueing a choice to its first token (queue wait included)",
             buckets=TTFT_BUCKETS, registry=self.registry,

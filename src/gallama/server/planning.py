@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 
 from gallama.agentic import constraints
 from gallama.agentic.constraints import ConstraintError
+from gallama.agentic.schema_check import SchemaCheck, SchemaCheckError, check_for
 from gallama.engines.base import GenerationRequest, SamplingParams
 from gallama.protocol.errors import ContextLengthExceeded, InvalidRequest
 from gallama.protocol.requests import SamplingFields
@@ -55,13 +58,46 @@ def output_budget(model: ServedModel, prompt_tokens: list[int], requested: int |
     return requested
 
 
-def _guided_json_grammar(value) -> str:
+# A retry draws with at least this temperature, more each try: at temperature 0 it would repeat the broken answer.
+RETRY_TEMPERATURE = 0.7
+RETRY_TEMPERATURE_STEP = 0.3
+
+
+def _guided_json_schema(value):
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except ValueError as error:
             raise ConstraintError(f"guided_json is not valid JSON: {error}") from error
-    return constraints.json_schema_grammar(value)
+    return value
+
+
+def _guided_json_grammar(value) -> str:
+    return constraints.json_schema_grammar(_guided_json_schema(value))
+
+
+def requested_schema(body: SamplingFields) -> tuple[str, dict | bool] | None:
+    """(parameter, schema) of the JSON schema the answer must follow, when the request gives one."""
+    if body.response_format is not None and body.response_format.type == "json_schema":
+        return "response_format", body.response_format.json_schema.schema_
+    if body.guided_json is not None:
+        try:
+            return "guided_json", _guided_json_schema(body.guided_json)
+        except ConstraintError as error:
+            raise InvalidRequest(f"Invalid guided_json: {error}", param="guided_json", code="invalid_grammar") from error
+    return None
+
+
+def schema_check(body: SamplingFields) -> tuple[str, SchemaCheck] | None:
+    """(parameter, check) for the request's JSON schema; a schema jsonschema cannot read is a 400."""
+    found = requested_schema(body)
+    if found is None:
+        return None
+    param, schema = found
+    try:
+        return param, check_for(schema)
+    except SchemaCheckError as error:
+        raise InvalidRequest(f"Invalid {param}: {error}", param=param, code="invalid_grammar") from error
 
 
 def requested_constraints(body: SamplingFields) -> list[tuple[str, callable]]:
@@ -123,18 +159,29 @@ def choice_spec(
     stops: list[str],
     keep_stop: bool = False,
     grammar: str | None = None,
+    attempt: int = 0,
 ) -> ChoiceSpec:
-    """The engine request of choice `index`."""
+    """The engine request of choice `index`; `attempt` > 0: its retry after an answer that broke the schema."""
     # n choices under one seed must differ from each other yet stay reproducible.
     seed = None if body.seed is None else body.seed + index
+    sampling = sampling_params(body, model.engine.vocab_size, seed)
+    if attempt:
+        sampling = retry_sampling(sampling, attempt)
     request = GenerationRequest(
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
-        sampling=sampling_params(body, model.engine.vocab_size, seed),
+        sampling=sampling,
         top_logprobs=top_logprobs,
         constraint=model.constraints.matcher(grammar) if grammar is not None else None,
     )
     return ChoiceSpec(request=request, stops=stops, keep_stop=keep_stop)
+
+
+def retry_sampling(sampling: SamplingParams, attempt: int) -> SamplingParams:
+    """A retry samples, under a seed derived from the request's so a seeded request stays reproducible."""
+    seed = None if sampling.seed is None else random.Random(f"{sampling.seed}/{attempt}").getrandbits(63)
+    floor = RETRY_TEMPERATURE + RETRY_TEMPERATURE_STEP * (attempt - 1)
+    return dataclasses.replace(sampling, temperature=max(sampling.temperature, floor), seed=seed)
 
 
 def choice_specs(model: ServedModel, body: SamplingFields, *args, **kwargs) -> list[ChoiceSpec]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -10,11 +11,12 @@ from fastapi import APIRouter, Request
 
 from gallama.agentic.chat_template import TemplateError
 from gallama.agentic.reasoning import ReasoningSplitter, ReasoningTags
+from gallama.agentic.schema_check import AnswerCheck
 from gallama.agentic.thinking import ThinkingTemplate, ThinkingTemplateError
 from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
 from gallama.agentic.tools import ToolPlan, ToolRequestError, plan_tools
 from gallama.engines.base import EngineOverloaded
-from gallama.protocol.errors import InvalidRequest, RateLimited
+from gallama.protocol.errors import AnswerInvalid, InvalidRequest, RateLimited
 from gallama.protocol.requests import ChatCompletionRequest, ChatMessage
 from gallama.protocol.responses import ResponseHeader, chat_logprobs, usage
 from gallama.router.served_model import ServedModel
@@ -25,9 +27,11 @@ from gallama.server.planning import (
     constraint_grammar,
     output_budget,
     requested_constraints,
+    schema_check,
 )
 from gallama.server.sse import sse_response
 from gallama.server.thinking_run import ReasoningPiece, ThinkingRun
+from gallama.server.verification import Verification
 
 router = APIRouter()
 
@@ -78,6 +82,15 @@ def answer_grammar(model: ServedModel, body: ChatCompletionRequest, plan: ToolPl
     return constraint_grammar(model, body, grammar_override=plan.grammar(text_schema), param="tools")
 
 
+def answer_verification(body: ChatCompletionRequest, plan: ToolPlan | None) -> Verification | None:
+    """The schemas a finished answer is checked against: the text's, and each tool's parameters."""
+    found = schema_check(body)
+    param, text = found if found is not None else ("response_format", None)
+    if plan is not None:
+        return Verification(plan.answer_check(text), "tools" if text is None else param)
+    return Verification(AnswerCheck(text=text), param) if text is not None else None
+
+
 def with_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": messages[0]["content"] + "\n\n" + note}, *messages[1:]]
@@ -110,12 +123,14 @@ class ChatStart:
     outputs: list["ChoiceOutput"]
     header: ResponseHeader
     n_prompt: int
+    verification: Verification | None = None  # the exact schema's check of each finished answer
 
 
 def start_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatStart:
     """Plans and starts a chat request: the core that every chat-shaped API (chat, Responses, Messages) runs."""
     plan = tool_plan(model, body)
     grammar = answer_grammar(model, body, plan)
+    verification = answer_verification(body, plan)
     answer_text = chat_prompt_text(model, body, plan)
     leading = body.leading_prompt or ""
     prompt_tokens = model.tokenize_prompt(answer_text + leading)
@@ -129,6 +144,15 @@ def start_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatStart:
             model, body, prompt_tokens, max_tokens, top_logprobs, body.stop_list(), body.return_stop_word, grammar
         )
         runs = start_choices(model, specs)
+        if verification is not None and not body.stream:  # a stream's deltas are out: it cannot take them back
+
+            def retry(index: int, attempt: int) -> ChoiceRun:
+                model.metrics.schema_retries.inc()
+                spec = choice_spec(model, body, index, prompt_tokens, max_tokens, top_logprobs, body.stop_list(),
+                                   body.return_stop_word, grammar, attempt=attempt)
+                return start_choices(model, [spec])[0]
+
+            verification.retry = retry
     # A template that opens the thinking tag itself leaves the model inside it.
     thinking_open = answer_text.rstrip().endswith(REASONING_TAGS.open) and not leading
     outputs = [
@@ -136,7 +160,8 @@ def start_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatStart:
                      thinking_open=thinking_open)
         for _ in runs
     ]
-    return ChatStart(runs, outputs, ResponseHeader("chatcmpl", "chat.completion", body.model), len(prompt_tokens))
+    header = ResponseHeader("chatcmpl", "chat.completion", body.model)
+    return ChatStart(runs, outputs, header, len(prompt_tokens), verification)
 
 
 @router.post("/v1/chat/completions")
@@ -145,9 +170,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     chat = start_chat(model, body)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = stream_chunks(chat.runs, chat.outputs, chat.header, chat.n_prompt, include_usage, body.logprobs)
+        chunks = stream_chunks(chat.runs, chat.outputs, chat.header, chat.n_prompt, include_usage, body.logprobs,
+                               chat.verification)
         return sse_response(chunks, chat.runs, request)
-    return await complete(chat.runs, chat.outputs, chat.header, chat.n_prompt, body.logprobs)
+    return await complete(chat.runs, chat.outputs, chat.header, chat.n_prompt, body.logprobs, chat.verification)
 
 
 def start_thinking(
@@ -206,6 +232,10 @@ class ChoiceOutput:
     call_ids: list[str] = field(default_factory=list)
     repeated: bool = False  # the model repeated a call: the turn is over
     _held: list[dict[str, Any]] = field(default_factory=list)
+
+    def restarted(self) -> ChoiceOutput:
+        """An empty output for a new try of the same choice."""
+        return ChoiceOutput(self.model, self.plan, self.legacy, self.return_thinking, self.thinking_open)
 
     def __post_init__(self) -> None:
         self.parser = ToolCallParser(self.plan.syntax, self.plan.parser_mode) if self.plan else None
@@ -301,17 +331,39 @@ class ChoiceOutput:
         return message
 
 
-async def complete(runs: list[ChoiceRun], outputs: list[ChoiceOutput], header: ResponseHeader, n_prompt: int, logprobs):
+async def collect(run: ChoiceRun, output: ChoiceOutput) -> None:
+    async for piece in run.pieces():
+        output.piece_deltas(piece)
+        output.events.extend(piece.events)
+        output.finish_reason = piece.finish_reason or output.finish_reason
+        if output.repeated:
+            run.cancel()
+
+
+async def complete(runs: list[ChoiceRun], outputs: list[ChoiceOutput], header: ResponseHeader, n_prompt: int, logprobs,
+                   verification: Verification | None = None):
+    spent = list(runs)  # every try's run: usage counts all their tokens
+
+    async def settle(index: int) -> None:
+        """Collects the choice; an answer that breaks its schema is drawn again while tries remain."""
+        for attempt in range(verification.tries if verification else 1):
+            if attempt:
+                runs[index] = verification.retry(index, attempt)
+                spent.append(runs[index])
+                outputs[index] = outputs[index].restarted()
+            await collect(runs[index], outputs[index])
+            violation = verification.violation(outputs[index]) if verification else None
+            if violation is None:
+                return
+        raise AnswerInvalid(violation, verification.tries, verification.param)
+
+    tasks = [asyncio.create_task(settle(index)) for index in range(len(runs))]
     try:
-        async for index, piece in merge_choices([run.pieces() for run in runs]):
-            output = outputs[index]
-            output.piece_deltas(piece)
-            output.events.extend(piece.events)
-            output.finish_reason = piece.finish_reason or output.finish_reason
-            if output.repeated:
-                runs[index].cancel()
+        await asyncio.gather(*tasks)
     finally:
-        for run in runs:
+        for task in tasks:
+            task.cancel()
+        for run in spent:
             run.cancel()
     choices = [
         {
@@ -324,7 +376,7 @@ async def complete(runs: list[ChoiceRun], outputs: list[ChoiceOutput], header: R
         }
         for i, output in enumerate(outputs)
     ]
-    return header.wrap(choices=choices, usage=usage(n_prompt, sum(r.completion_tokens for r in runs), runs))
+    return header.wrap(choices=choices, usage=usage(n_prompt, sum(r.completion_tokens for r in spent), spent))
 
 
 async def stream_chunks(
@@ -334,6 +386,7 @@ async def stream_chunks(
     n_prompt: int,
     include_usage: bool,
     logprobs: bool,
+    verification: Verification | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     header.object = "chat.completion.chunk"
     extra = {"usage": None} if include_usage else {}
@@ -362,8 +415,14 @@ async def stream_chunks(
         if output.repeated and output.finish_reason is None:
             runs[index].cancel()
             output.finish_reason = output.final_reason(None)
-            yield chunk(index, {}, output.finish_reason)
         elif piece.finish_reason is not None:
-            yield chunk(index, {}, output.final_reason(piece.finish_reason))
+            output.finish_reason = piece.finish_reason
+        else:
+            continue
+        # The deltas went out as they came; an answer that breaks its schema ends with an error, not a stop.
+        violation = verification.violation(output) if verification else None
+        if violation is not None:
+            raise AnswerInvalid(violation, 1, verification.param)
+        yield chunk(index, {}, output.final_reason(output.finish_reason))
     if include_usage:
         yield header.wrap(choices=[], usage=usage(n_prompt, sum(r.completion_tokens for r in runs), runs))

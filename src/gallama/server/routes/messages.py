@@ -156,7 +156,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
         fields["reasoning_effort"] = {"xhigh": "high", "max": "high"}.get(config.effort, config.effort)
     if isinstance(body, MessagesRequest):
         fields.update(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                      top_k=body.top_k or 0, stop=body.stop_sequences)
+                      top_k=body.top_k or 0, stop=body.stop_sequences, stream=body.stream)
         if body.thinking_template is not None:
             fields["thinking_template"] = body.thinking_template
             if thinking is not None and thinking.budget_tokens:
@@ -203,7 +203,7 @@ async def create_message(body: MessagesRequest, request: Request):
     message_id = f"msg_{secrets.token_hex(12)}"
     if body.stream:
         return sse_response(stream_events(chat, body, message_id), chat.runs, request)
-    result = await complete(chat.runs, chat.outputs, chat.header, chat.n_prompt, False)
+    result = await complete(chat.runs, chat.outputs, chat.header, chat.n_prompt, False, chat.verification)
     choice, output = result["choices"][0], chat.outputs[0]
     content: list[dict[str, Any]] = []
     if output.reasoning and output.return_thinking:
@@ -275,7 +275,7 @@ async def stream_events(chat: ChatStart, body: MessagesRequest, message_id: str)
     yield {"type": "ping"}
     blocks = BlockWriter()
     finish_reason, usage = None, None
-    async for chunk in stream_chunks(chat.runs, chat.outputs, chat.header, chat.n_prompt, True, False):
+    async for chunk in stream_chunks(chat.runs, chat.outputs, chat.header, chat.n_prompt, True, False, chat.verification):
         usage = chunk.get("usage") or usage
         for choice in chunk["choices"]:
             for event in blocks.feed(choice["delta"]):
