@@ -49,7 +49,8 @@ async def create_response(body: ResponsesRequest, request: Request):
             raise ResponseNotFound(body.previous_response_id, param="previous_response_id")
     translation = translate(body, history, secret)
     if translation.not_offered:
-        log.info("responses: hosted tools not offered to the model (gallama cannot run them): %s",
+        # A warning: workers log from that level up, and the client asked for something it does not get.
+        log.warning("responses: hosted tools not offered to the model (gallama cannot run them): %s",
                  ", ".join(translation.not_offered))
     chat = start_chat(model, translation.chat)
     shell = ResponseShell(body, translation, body.model, secret)
