@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import httpx
@@ -244,3 +245,25 @@ def test_store_file_survives_a_restart(tmp_path):
         assert again.status_code == 200 and again.json()["output"] == stored["output"]
     finally:
         stop_server(running)
+
+
+def test_stream_with_a_custom_regex_grammar_tool(client):
+    tool = {"type": "custom", "name": "set_code", "description": "Set the door code.",
+            "format": {"type": "grammar", "syntax": "regex", "definition": "[0-9]{3}-[A-Z]{2}"}}
+    with client.responses.stream(model=DEFAULT_MODEL, input="Set the door code.", tools=[tool], temperature=0,
+                                 tool_choice={"type": "custom", "name": "set_code"}, max_output_tokens=48,
+                                 store=False) as stream:
+        events = list(stream)
+    kinds = [event.type for event in events]
+    assert kinds[-1] == "response.completed"
+    done = next(e for e in events if e.type == "response.custom_tool_call_input.done")
+    item = next(e.item for e in events if e.type == "response.output_item.done")
+    assert item.type == "custom_tool_call" and item.name == "set_code"
+    assert re.fullmatch(r"[0-9]{3}-[A-Z]{2}", item.input) and done.input == item.input
+
+
+def test_lark_custom_tools_are_a_400_naming_the_syntax(client):
+    tool = {"type": "custom", "name": "patch", "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"x\""}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(client, input="Hi", tools=[tool], max_output_tokens=4, store=False)
+    assert caught.value.body["param"] == "tools[0].format.syntax"

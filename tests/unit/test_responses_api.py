@@ -263,3 +263,13 @@ def test_store_bounds_bytes(tmp_path):
     assert store.ids() == ["b", "c"]
     store.put({"id": "huge", "pad": "x" * 1000}, [])  # could never fit: not kept, nothing evicted for it
     assert store.ids() == ["b", "c"]
+
+
+def test_a_regex_custom_tool_constrains_its_input_string():
+    tool = {"type": "custom", "name": "code", "format": {"type": "grammar", "syntax": "regex", "definition": "[0-9]+"}}
+    chat = translate(request(input="x", tools=[tool], tool_choice={"type": "custom", "name": "code"}), secret=SECRET).chat
+    assert chat.tools[0].function.parameters["properties"]["input"] == {"type": "string", "pattern": "^(?:[0-9]+)$"}
+    assert chat.tool_choice.function.name == "code"
+    with pytest.raises(InvalidRequest) as caught:
+        translate(request(input="x", tools=[{**tool, "format": {"type": "grammar", "syntax": "lark", "definition": "s"}}]))
+    assert caught.value.param == "tools[0].format.syntax"

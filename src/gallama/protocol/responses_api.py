@@ -238,10 +238,16 @@ def _function_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
 def _custom_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
     name = _string_field(tool, "name", at)
     fmt = tool.get("format") or {"type": "text"}
-    if not isinstance(fmt, dict) or fmt.get("type") != "text":
-        raise InvalidRequest(f"'{at}.format' of type {fmt.get('type') if isinstance(fmt, dict) else fmt!r} is not "
-                             "supported yet: only freeform text input.", param=f"{at}.format", code="unsupported_tool")
-    function = {"name": name, "parameters": {"type": "object", "properties": {"input": {"type": "string"}},
+    text: dict[str, Any] = {"type": "string"}
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
+        raise InvalidRequest(f"'{at}.format' must be of type text or grammar.", param=f"{at}.format")
+    if fmt["type"] == "grammar":
+        if fmt.get("syntax") != "regex" or not isinstance(fmt.get("definition"), str):
+            # The call's input travels as a JSON string: a regex constrains it (a schema pattern), Lark cannot yet.
+            raise InvalidRequest(f"'{at}.format.syntax' {fmt.get('syntax')!r} is not supported yet; a regex "
+                                 "(syntax 'regex') is.", param=f"{at}.format.syntax", code="unsupported_tool")
+        text["pattern"] = f"^(?:{fmt['definition']})$"  # enforced by the tool-call grammar, token by token
+    function = {"name": name, "parameters": {"type": "object", "properties": {"input": text},
                                              "required": ["input"], "additionalProperties": False}}
     if tool.get("description") is not None:
         function["description"] = tool["description"]
