@@ -273,3 +273,19 @@ def test_a_regex_custom_tool_constrains_its_input_string():
     with pytest.raises(InvalidRequest) as caught:
         translate(request(input="x", tools=[{**tool, "format": {"type": "grammar", "syntax": "lark", "definition": "s"}}]))
     assert caught.value.param == "tools[0].format.syntax"
+
+
+def test_namespace_tools_are_called_back_with_their_namespace():
+    namespace = {"type": "namespace", "name": "agents", "description": "Sub-agents.",
+                 "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object", "properties": {}}}]}
+    body = request(input=[{"role": "user", "content": "x"},
+                          {"type": "function_call", "call_id": "c0", "name": "spawn", "namespace": "agents",
+                           "arguments": "{}"},
+                          {"type": "function_call_output", "call_id": "c0", "output": "done"}], tools=[namespace])
+    translation = translate(body, secret=SECRET)
+    assert [t.function.name for t in translation.chat.tools] == ["agents__spawn"]
+    assert translation.chat.messages[1].tool_calls[0].function.name == "agents__spawn"
+    message = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "agents__spawn", "arguments": "{}"}}]}
+    item = ResponseShell(body, translation, "m", SECRET).final(message, "tool_calls", CHAT_USAGE, len)["output"][0]
+    assert (item["type"], item["name"], item["namespace"]) == ("function_call", "spawn", "agents")

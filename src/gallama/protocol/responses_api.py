@@ -127,7 +127,20 @@ class Translation:
     chat: ChatCompletionRequest
     input_items: list[dict[str, Any]]  # this request's input, as items (a string input becomes a user message)
     not_offered: list[str]  # hosted tool types the model was not offered
-    custom_tools: set[str] = field(default_factory=set)  # names of freeform (custom) tools
+    tool_names: dict[str, "ToolName"] = field(default_factory=dict)  # chat tool name -> what the client calls it
+
+
+@dataclass(frozen=True)
+class ToolName:
+    """A tool as the client names it: a namespace's tools reach the chat core as `namespace__name`."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False  # freeform input: called with {"input": text}, answered as a custom_tool_call
+
+
+def chat_tool_name(name: str, namespace: str | None) -> str:
+    return f"{namespace}__{name}" if namespace else name
 
 
 def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,7 +210,7 @@ def chat_messages(items: list[dict[str, Any]], where: str = "input", secret: byt
             messages.append({"role": role, "content": _content_text(item.get("content"), f"{at}.content")})
         elif kind in ("function_call", "custom_tool_call"):
             call_id = _string_field(item, "call_id", at)
-            name = _string_field(item, "name", at)
+            name = chat_tool_name(_string_field(item, "name", at), item.get("namespace"))
             if kind == "function_call":
                 arguments = _string_field(item, "arguments", at)
             else:
@@ -223,8 +236,8 @@ def chat_messages(items: list[dict[str, Any]], where: str = "input", secret: byt
     return messages
 
 
-def _function_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
-    name = _string_field(tool, "name", at)
+def _function_tool(tool: dict[str, Any], at: str, namespace: str | None = None) -> dict[str, Any]:
+    name = chat_tool_name(_string_field(tool, "name", at), namespace)
     function: dict[str, Any] = {"name": name}
     for key in ("description", "parameters", "strict"):
         if tool.get(key) is not None:
@@ -235,8 +248,8 @@ def _function_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _custom_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
-    name = _string_field(tool, "name", at)
+def _custom_tool(tool: dict[str, Any], at: str, namespace: str | None = None) -> dict[str, Any]:
+    name = chat_tool_name(_string_field(tool, "name", at), namespace)
     fmt = tool.get("format") or {"type": "text"}
     text: dict[str, Any] = {"type": "string"}
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
@@ -254,26 +267,43 @@ def _custom_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[str], set[str]]:
-    """Chat tools, the hosted tool types left out, and the names of custom tools."""
-    offered, not_offered, custom = [], [], set()
+def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[str], dict[str, ToolName]]:
+    """Chat tools, the hosted tool types left out, and the client's name of each chat tool."""
+    offered: list[dict[str, Any]] = []
+    not_offered: list[str] = []
+    names: dict[str, ToolName] = {}
+
+    def add(tool: dict[str, Any], at: str, namespace: str | None = None) -> None:
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in ("function", "custom"):
+            raise InvalidRequest(f"'{at}.type' must be function or custom inside a namespace.", param=f"{at}.type")
+        offered.append((_function_tool if kind == "function" else _custom_tool)(tool, at, namespace))
+        names[offered[-1]["function"]["name"]] = ToolName(tool["name"], namespace, kind == "custom")
+
     for index, tool in enumerate(tools or []):
         at = f"tools[{index}]"
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind == "function":
-            offered.append(_function_tool(tool, at))
-        elif kind == "custom":
-            offered.append(_custom_tool(tool, at))
-            custom.add(tool["name"])
+        if kind in ("function", "custom"):
+            add(tool, at)
+        elif kind == "namespace":
+            namespace = _string_field(tool, "name", at)
+            inner = tool.get("tools")
+            if not isinstance(inner, list) or not inner:
+                raise InvalidRequest(f"'{at}.tools' must list the namespace's tools.", param=f"{at}.tools")
+            for number, member in enumerate(inner):
+                add(member, f"{at}.tools[{number}]", namespace)
+                if tool.get("description"):  # the namespace's description, shown to the model with each tool
+                    function = offered[-1]["function"]
+                    function["description"] = f"({namespace}: {tool['description']}) {function.get('description', '')}".strip()
         elif kind in HOSTED_TOOL_TYPES:
             not_offered.append(kind)
         else:
             raise InvalidRequest(f"'{at}.type' {kind!r} is not a tool type this server knows.", param=f"{at}.type",
                                  code="unsupported_tool")
-    return offered, not_offered, custom
+    return offered, not_offered, names
 
 
-def chat_tool_choice(choice: str | dict[str, Any] | None, custom: set[str]) -> str | dict[str, Any] | None:
+def chat_tool_choice(choice: str | dict[str, Any] | None, names: dict[str, ToolName]) -> str | dict[str, Any] | None:
     if choice is None or isinstance(choice, str):
         if choice not in (None, "none", "auto", "required"):
             raise InvalidRequest(f"'tool_choice' must be none, auto, required or a tool, not {choice!r}.",
@@ -284,7 +314,8 @@ def chat_tool_choice(choice: str | dict[str, Any] | None, custom: set[str]) -> s
         name = choice.get("name")
         if not isinstance(name, str):
             raise InvalidRequest("'tool_choice.name' is required.", param="tool_choice.name")
-        if kind == "custom" and name not in custom:
+        name = chat_tool_name(name, choice.get("namespace"))
+        if kind == "custom" and not (name in names and names[name].custom):
             raise InvalidRequest(f"tool_choice names the custom tool '{name}', which is not among the given tools.",
                                  param="tool_choice")
         return {"type": "function", "function": {"name": name}}
@@ -332,12 +363,12 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
         messages.insert(0, {"role": "system", "content": body.instructions})
     if not messages:
         raise InvalidRequest("The input holds no message to answer.", param="input")
-    tools, not_offered, custom = chat_tools(body.tools)
+    tools, not_offered, names = chat_tools(body.tools)
     fields: dict[str, Any] = {
         "model": body.model,
         "messages": messages,
         "tools": tools or None,
-        "tool_choice": chat_tool_choice(body.tool_choice, custom),
+        "tool_choice": chat_tool_choice(body.tool_choice, names),
         "parallel_tool_calls": body.parallel_tool_calls,
         "response_format": chat_response_format(body.text),
         "max_completion_tokens": body.max_output_tokens,
@@ -358,7 +389,7 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
         first = error.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         raise InvalidRequest(f"Invalid request ({where}): {first.get('msg')}", param=where or None) from None
-    return Translation(chat, items, not_offered, custom)
+    return Translation(chat, items, not_offered, names)
 
 
 # --- chat answer -> Responses output -----------------------------------------------------------------
@@ -381,14 +412,16 @@ def output_text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def call_item(call_id: str, name: str, arguments: str, custom: set[str], item_id: str | None = None,
+def call_item(call_id: str, chat_name: str, arguments: str, names: dict[str, ToolName], item_id: str | None = None,
               status: str = "completed") -> dict[str, Any]:
-    if name in custom:
+    tool = names.get(chat_name, ToolName(chat_name))
+    namespace = {"namespace": tool.namespace} if tool.namespace else {}
+    if tool.custom:
         text = _custom_input(arguments) if arguments else ""
         return {"id": item_id or new_item_id("ctc"), "type": "custom_tool_call", "status": status, "call_id": call_id,
-                "name": name, "input": text}
+                "name": tool.name, **namespace, "input": text}
     return {"id": item_id or new_item_id("fc"), "type": "function_call", "status": status, "call_id": call_id,
-            "name": name, "arguments": arguments}
+            "name": tool.name, **namespace, "arguments": arguments}
 
 
 def response_usage(chat_usage: dict[str, Any] | None, reasoning_tokens: int) -> dict[str, Any] | None:
@@ -465,7 +498,7 @@ class ResponseShell:
             output.append(message_item(message.get("content") or "", "incomplete" if incomplete else "completed"))
         for call in calls:
             function = call["function"]
-            output.append(call_item(call["id"], function["name"], function["arguments"], self.translation.custom_tools))
+            output.append(call_item(call["id"], function["name"], function["arguments"], self.translation.tool_names))
         usage = response_usage(chat_usage, count_tokens(reasoning) if reasoning else 0)
         return self.response("incomplete" if incomplete else "completed", output, usage,
                              incomplete_reason="max_output_tokens" if incomplete else None)
@@ -579,7 +612,7 @@ class EventStream:
         events = []
         function = call.get("function") or {}
         if call.get("id"):
-            item = call_item(call["id"], function.get("name", ""), "", self.shell.translation.custom_tools,
+            item = call_item(call["id"], function.get("name", ""), "", self.shell.translation.tool_names,
                              status="in_progress")
             if item["type"] == "custom_tool_call":
                 item["_arguments"] = ""
