@@ -289,3 +289,35 @@ def test_namespace_tools_are_called_back_with_their_namespace():
         {"id": "c1", "type": "function", "function": {"name": "agents__spawn", "arguments": "{}"}}]}
     item = ResponseShell(body, translation, "m", SECRET).final(message, "tool_calls", CHAT_USAGE, len)["output"][0]
     assert (item["type"], item["name"], item["namespace"]) == ("function_call", "spawn", "agents")
+
+
+def test_a_stream_that_fails_mid_way_still_ends_with_response_failed():
+    import asyncio
+
+    from gallama.server.routes.responses import stream_events
+
+    kept = []
+
+    async def chunks():
+        yield chunk({"content": "Hel"})
+        raise RequestTimedOut(5, 1)
+
+    async def keep(response):
+        kept.append(response)
+
+    async def run():
+        return [event async for event in stream_events(chunks(), EventStream(shell(), len), keep)]
+
+    events = asyncio.run(run())
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert events[-1]["response"]["error"]["code"] == "request_timeout"
+    assert kept == []  # a failed response is not stored
+
+
+def test_metrics_label_ids_as_one_endpoint():
+    from gallama.server.guard import _endpoint
+
+    assert _endpoint("/v1/responses/resp_123") == "/v1/responses/{id}"
+    assert _endpoint("/v1/models/SmolLM2") == "/v1/models/{id}"
+    assert _endpoint("/v1/responses") == "/v1/responses"
+    assert _endpoint("/health") == "other"

@@ -37,6 +37,7 @@ class ResponsesStore:
         self.max_responses = max_responses
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._secret: bytes | None = None
         # Several processes share the file: WAL lets readers go on while one writes; writers wait their turn.
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -46,10 +47,12 @@ class ResponsesStore:
 
     def secret(self) -> bytes:
         """The key that protects reasoning.encrypted_content: made once per store, shared by its processes."""
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)", (secrets.token_hex(32),))
-            (value,) = self._db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
-        return bytes.fromhex(value)
+        if self._secret is None:
+            with self._lock:
+                self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)", (secrets.token_hex(32),))
+                (value,) = self._db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+            self._secret = bytes.fromhex(value)
+        return self._secret
 
     def put(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
         response_text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
