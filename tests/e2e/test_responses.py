@@ -267,3 +267,32 @@ def test_lark_custom_tools_are_a_400_naming_the_syntax(client):
     with pytest.raises(openai.BadRequestError) as caught:
         create(client, input="Hi", tools=[tool], max_output_tokens=4, store=False)
     assert caught.value.body["param"] == "tools[0].format.syntax"
+
+
+THINKING = "<thinking><step>{first step}</step><step>{second step}</step></thinking>"
+
+
+def test_thinking_comes_back_as_a_reasoning_item_sealed_and_replayable(client):
+    # Codex's stateless turn: store false, the reasoning sealed in encrypted_content, replayed next turn.
+    with client.responses.stream(model=DEFAULT_MODEL, input="I have 3 apples and eat 1. How many are left?",
+                                 temperature=0, max_output_tokens=40, store=False,
+                                 include=["reasoning.encrypted_content"], reasoning={"summary": "auto"},
+                                 extra_body={"thinking_template": THINKING, "thinking_max_tokens": 120}) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert "response.reasoning_text.delta" in kinds and "response.reasoning_text.done" in kinds
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    reasoning = final.output[0]
+    assert reasoning.type == "reasoning" and "<step>" in reasoning.content[0].text
+    assert reasoning.encrypted_content and "<step>" not in reasoning.encrypted_content
+    assert final.output[1].type == "message" and "<step>" not in final.output_text
+    assert final.usage.output_tokens_details.reasoning_tokens > 0
+    replay = [{"role": "user", "content": "I have 3 apples and eat 1. How many are left?"},
+              reasoning.model_dump(exclude_none=True), final.output[1].model_dump(exclude_none=True),
+              {"role": "user", "content": "And if I eat one more?"}]
+    follow = create(client, input=replay, max_output_tokens=8, store=False)
+    assert follow.status in ("completed", "incomplete")
+    tampered = {**replay[1], "encrypted_content": reasoning.encrypted_content[:-6] + "AAAAAA"}
+    with pytest.raises(openai.BadRequestError):
+        create(client, input=[replay[0], tampered, replay[3]], max_output_tokens=8, store=False)
