@@ -198,7 +198,6 @@ def test_unknown_ids_are_404_in_openai_shape(client, http):
     ("extra", "param"),
     [
         ({"include": ["file_search_call.results"]}, "include"),
-        ({"truncation": "auto"}, "truncation"),
         ({"background": True}, "background"),
         ({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AA"}]}]},
@@ -296,3 +295,17 @@ def test_thinking_comes_back_as_a_reasoning_item_sealed_and_replayable(client):
     tampered = {**replay[1], "encrypted_content": reasoning.encrypted_content[:-6] + "AAAAAA"}
     with pytest.raises(openai.BadRequestError):
         create(client, input=[replay[0], tampered, replay[3]], max_output_tokens=8, store=False)
+
+
+def test_truncation_auto_drops_the_oldest_turns_and_says_so(client):
+    long_turn = "Tell me about the sea. " * 400  # some 2,400 tokens a turn; the context holds 2,048 a sequence
+    items = [{"role": "user", "content": long_turn}, {"role": "assistant", "content": "The sea is wide."},
+             {"role": "user", "content": long_turn}, {"role": "assistant", "content": "It is deep."},
+             {"role": "user", "content": "Thanks!"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(client, input=items, max_output_tokens=4, store=False)
+    assert caught.value.body["code"] == "context_length_exceeded"
+    response = create(client, input=items, max_output_tokens=4, store=False, truncation="auto")
+    assert response.truncation == "auto"
+    assert response.model_extra["truncated_messages"] == 4
+    assert response.usage.input_tokens < 100

@@ -11,6 +11,7 @@ from gallama.protocol.responses_api import (
     EventStream,
     ResponseShell,
     ResponsesRequest,
+    drop_oldest_turn,
     open_reasoning,
     seal_reasoning,
     translate,
@@ -77,7 +78,6 @@ def test_history_comes_before_the_new_input():
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
         ({"input": [{"type": "function_call", "name": "a", "arguments": "{}"}]}, "input[0].call_id"),
         ({"input": "x", "include": ["message.output_text.logprobs"]}, "include"),
-        ({"input": "x", "truncation": "auto"}, "truncation"),
         ({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice"),
         ({"input": "x", "tools": [{"type": "frobnicate"}]}, "tools[0].type"),
         ({"input": "x", "tools": [{**WEATHER, "extra": 1}]}, "tools[0].extra"),
@@ -321,3 +321,19 @@ def test_metrics_label_ids_as_one_endpoint():
     assert _endpoint("/v1/models/SmolLM2") == "/v1/models/{id}"
     assert _endpoint("/v1/responses") == "/v1/responses"
     assert _endpoint("/health") == "other"
+
+
+def test_truncation_auto_drops_the_oldest_whole_turn():
+    items = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"},
+             {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "c", "output": "r"},
+             {"role": "user", "content": "two"}, {"role": "assistant", "content": "2"},
+             {"role": "user", "content": "three"}]
+    translation = translate(request(input=items, instructions="Sys", truncation="auto"), secret=SECRET)
+    assert translation.truncate
+    shorter, dropped = drop_oldest_turn(translation.chat)
+    assert dropped == 3  # the user message, the assistant's call, its output
+    assert [m.text() for m in shorter.messages] == ["Sys", "two", "2", "three"]
+    shorter, dropped = drop_oldest_turn(shorter)
+    assert [m.text() for m in shorter.messages] == ["Sys", "three"] and dropped == 2
+    assert drop_oldest_turn(shorter) is None  # the last turn always stays

@@ -128,6 +128,8 @@ class Translation:
     input_items: list[dict[str, Any]]  # this request's input, as items (a string input becomes a user message)
     not_offered: list[str]  # hosted tool types the model was not offered
     tool_names: dict[str, "ToolName"] = field(default_factory=dict)  # chat tool name -> what the client calls it
+    truncate: bool = False  # truncation "auto": the oldest turns may go to fit the context
+    dropped_messages: int = 0  # how many chat messages that left out
 
 
 @dataclass(frozen=True)
@@ -337,10 +339,20 @@ def chat_response_format(text: TextConfig | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {k: v for k, v in schema.items() if v is not None}}
 
 
+def drop_oldest_turn(chat: ChatCompletionRequest) -> tuple[ChatCompletionRequest, int] | None:
+    """truncation "auto": the request without its oldest turn (a user message and what answered it), and how many
+    messages that dropped; None when only the last turn is left. System messages at the start stay."""
+    messages = chat.messages
+    start = next((i for i, m in enumerate(messages) if m.role not in ("system", "developer")), len(messages))
+    following_user = next((i for i in range(start + 1, len(messages)) if messages[i].role == "user"), None)
+    if following_user is None:
+        return None
+    kept = messages[:start] + messages[following_user:]
+    return chat.model_copy(update={"messages": kept}), following_user - start
+
+
 def check_honoured(body: ResponsesRequest) -> None:
     """A 400 naming any accepted parameter whose value this server cannot honour."""
-    if body.truncation == "auto":
-        raise unsupported_parameter("truncation", "'auto' is not supported: gallama does not drop turns; use 'disabled'")
     for value in body.include or []:
         if value not in INCLUDABLE:
             raise InvalidRequest(f"include value '{value}' is not supported; this server can include: "
@@ -389,7 +401,7 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
         first = error.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         raise InvalidRequest(f"Invalid request ({where}): {first.get('msg')}", param=where or None) from None
-    return Translation(chat, items, not_offered, names)
+    return Translation(chat, items, not_offered, names, truncate=body.truncation == "auto")
 
 
 # --- chat answer -> Responses output -----------------------------------------------------------------
@@ -483,6 +495,8 @@ class ResponseShell:
         }
         if self.translation.not_offered:
             response["tools_not_offered"] = self.translation.not_offered
+        if self.translation.dropped_messages:
+            response["truncated_messages"] = self.translation.dropped_messages
         return response
 
     def final(self, message: dict[str, Any], finish_reason: str | None, chat_usage: dict[str, Any],

@@ -10,8 +10,10 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from gallama.protocol.errors import APIError, ResponseNotFound, ServerFailed
-from gallama.protocol.responses_api import EventStream, ResponseShell, ResponsesRequest, translate
+from gallama.protocol.errors import APIError, ContextLengthExceeded, ResponseNotFound, ServerFailed
+from gallama.protocol.responses_api import (
+    EventStream, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
+)
 from gallama.router.served_model import ServedModel
 from gallama.server.responses_store import ResponsesStore
 from gallama.server.routes.chat import complete, start_chat, stream_chunks
@@ -52,7 +54,7 @@ async def create_response(body: ResponsesRequest, request: Request):
         # A warning: workers log from that level up, and the client asked for something it does not get.
         log.warning("responses: hosted tools not offered to the model (gallama cannot run them): %s",
                  ", ".join(translation.not_offered))
-    chat = start_chat(model, translation.chat)
+    chat = start_within_context(model, translation)
     shell = ResponseShell(body, translation, body.model, secret)
     conversation = (history or []) + translation.input_items
 
@@ -68,6 +70,20 @@ async def create_response(body: ResponsesRequest, request: Request):
     response = shell.final(choice["message"], choice["finish_reason"], result["usage"], token_counter(model))
     await keep(response)
     return response
+
+
+def start_within_context(model: ServedModel, translation: Translation):
+    """The chat started; with truncation "auto", its oldest turns dropped until it fits the context (and said so)."""
+    while True:
+        try:
+            return start_chat(model, translation.chat)
+        except ContextLengthExceeded:
+            shorter = drop_oldest_turn(translation.chat) if translation.truncate else None
+            if shorter is None:
+                raise
+            translation.chat, dropped = shorter
+            translation.dropped_messages += dropped
+            log.warning("responses: truncation auto dropped the oldest %d messages to fit the context", dropped)
 
 
 async def stream_events(chunks: AsyncIterator[dict[str, Any]], events: EventStream, keep) -> AsyncIterator[dict[str, Any]]:
