@@ -337,3 +337,9 @@ def test_truncation_auto_drops_the_oldest_whole_turn():
     shorter, dropped = drop_oldest_turn(shorter)
     assert [m.text() for m in shorter.messages] == ["Sys", "three"] and dropped == 2
     assert drop_oldest_turn(shorter) is None  # the last turn always stays
+
+
+def test_xhigh_effort_is_the_chat_core_high():
+    chat = translate(request(input="x", reasoning={"effort": "xhigh"}), secret=SECRET).chat
+    assert chat.reasoning_effort == "high"
+    assert translate(request(input="x"), secret=SECRET).chat.reasoning_effort is None

@@ -45,7 +45,8 @@ class TextConfig(StrictModel):
 
 
 class ReasoningConfig(StrictModel):
-    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    # Beyond none (thinking off) an effort is the chat core's switch on, as in chat; Codex also sends xhigh.
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     # The model's own thinking comes back as the reasoning item's text; there is no separate summary.
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
@@ -376,6 +377,7 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
     if not messages:
         raise InvalidRequest("The input holds no message to answer.", param="input")
     tools, not_offered, names = chat_tools(body.tools)
+    effort = body.reasoning.effort if body.reasoning else None
     fields: dict[str, Any] = {
         "model": body.model,
         "messages": messages,
@@ -389,7 +391,7 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
         "stop": body.stop,
         "user": body.user,
         "seed": body.seed,
-        "reasoning_effort": body.reasoning.effort if body.reasoning else None,
+        "reasoning_effort": {"xhigh": "high"}.get(effort, effort),
         "thinking_template": body.thinking_template,
         "thinking_max_tokens": body.thinking_max_tokens,
         "return_thinking": True,
