@@ -343,3 +343,9 @@ def test_xhigh_effort_is_the_chat_core_high():
     chat = translate(request(input="x", reasoning={"effort": "xhigh"}), secret=SECRET).chat
     assert chat.reasoning_effort == "high"
     assert translate(request(input="x"), secret=SECRET).chat.reasoning_effort is None
+
+
+def test_a_long_string_input_is_one_message_and_the_item_list_is_bounded():
+    assert request(input="x" * 10_000).input == "x" * 10_000
+    with pytest.raises(ValueError, match="at most 4096 items"):
+        request(input=[{"role": "user", "content": "x"}] * 4097)

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field, ValidationError
 
@@ -54,7 +54,7 @@ class ReasoningConfig(StrictModel):
 
 class ResponsesRequest(StrictModel):
     model: str
-    input: str | list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] = Field(default_factory=list)
     instructions: str | None = None
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
