@@ -113,10 +113,9 @@ def serve(
     from gallama.router.front import create_front, group_specs
     from gallama.router.handover import HandoverProtocol
     from gallama.router.pool import ModelPool
-
     from gallama.server.responses_store import ResponsesStore
 
-    store_path = str(responses_store) if responses_store else _temporary_store()
+    store_path = str(responses_store) if responses_store else ResponsesStore.temporary_path()
     store = ResponsesStore(store_path)
     pool = ModelPool(log_level="debug" if log_level == "debug" else "warning", strict_model_names=strict_model_names,
                      responses_store=store_path)
@@ -137,15 +136,6 @@ def serve(
             for suffix in ("", "-wal", "-shm"):
                 Path(store_path + suffix).unlink(missing_ok=True)
     raise typer.Exit(code)
-
-
-def _temporary_store() -> str:
-    import os
-    import tempfile
-
-    handle, path = tempfile.mkstemp(prefix="gallama-responses-", suffix=".sqlite3")
-    os.close(handle)
-    return path
 
 
 def _split_keys(values: list[str]) -> list[str]:

@@ -9,8 +9,10 @@ responses go first.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from typing import Any
@@ -44,6 +46,13 @@ class ResponsesStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(_SCHEMA)
+
+    @staticmethod
+    def temporary_path() -> str:
+        """A new empty file for a store that lasts as long as its server."""
+        handle, path = tempfile.mkstemp(prefix="gallama-responses-", suffix=".sqlite3")
+        os.close(handle)
+        return path
 
     def secret(self) -> bytes:
         """The key that protects reasoning.encrypted_content: made once per store, shared by its processes."""

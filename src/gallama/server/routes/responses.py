@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -27,9 +25,7 @@ def responses_store(app) -> ResponsesStore:
     """The worker's store: the front's file, or (an app run without a front) a temporary one of its own."""
     store = getattr(app.state, "responses_store", None)
     if store is None:
-        handle, path = tempfile.mkstemp(prefix="gallama-responses-", suffix=".sqlite3")
-        os.close(handle)
-        store = app.state.responses_store = ResponsesStore(path)
+        store = app.state.responses_store = ResponsesStore(ResponsesStore.temporary_path())
     return store
 
 
@@ -53,7 +49,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     if translation.not_offered:
         # A warning: workers log from that level up, and the client asked for something it does not get.
         log.warning("responses: hosted tools not offered to the model (gallama cannot run them): %s",
-                 ", ".join(translation.not_offered))
+                    ", ".join(translation.not_offered))
     chat = start_within_context(model, translation)
     shell = ResponseShell(body, translation, body.model, secret)
     conversation = (history or []) + translation.input_items
