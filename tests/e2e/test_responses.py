@@ -170,6 +170,8 @@ def test_retrieve_and_delete(client):
     response = create(client, input="Hi", max_output_tokens=4)
     got = client.responses.retrieve(response.id)
     assert got.id == response.id and got.output_text == response.output_text
+    items = client.responses.input_items.list(response.id, order="asc")
+    assert [item.content[0].text for item in items.data] == ["Hi"] and items.data[0].role == "user"
     client.responses.delete(response.id)
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.retrieve(response.id)

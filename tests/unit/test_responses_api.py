@@ -349,3 +349,21 @@ def test_a_long_string_input_is_one_message_and_the_item_list_is_bounded():
     assert request(input="x" * 10_000).input == "x" * 10_000
     with pytest.raises(ValueError, match="at most 4096 items"):
         request(input=[{"role": "user", "content": "x"}] * 4097)
+
+
+def test_input_items_are_the_conversation_without_the_output(tmp_path):
+    from gallama.server.responses_store import input_items_page
+
+    store = ResponsesStore(str(tmp_path / "s.sqlite3"))
+    conversation = [{"type": "message", "role": "user", "content": "a"}, {"id": "msg_b", "type": "message"},
+                    {"id": "msg_out", "type": "message", "role": "assistant"}]
+    store.put({"id": "r", "output": [conversation[-1]]}, conversation)
+    items = store.input_items("r")
+    assert [item["id"] for item in items] == ["r_item_0", "msg_b"]
+    assert store.input_items("nope") is None
+    page = input_items_page(items, 1, "desc", None)
+    assert [i["id"] for i in page["data"]] == ["msg_b"] and page["has_more"]
+    page = input_items_page(items, 1, "desc", "msg_b")
+    assert [i["id"] for i in page["data"]] == ["r_item_0"] and not page["has_more"]
+    with pytest.raises(InvalidRequest):
+        input_items_page(items, 1, "sideways", None)

@@ -26,7 +26,7 @@ from gallama.router.worker_metrics import scrape_workers
 from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app, install_error_handlers
 from gallama.server.guard import MODEL_FALLBACK, Guard, GuardSettings, Metrics
-from gallama.server.responses_store import ResponsesStore
+from gallama.server.responses_store import ResponsesStore, input_items_page
 
 ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize",
                 "/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
@@ -135,6 +135,13 @@ def create_front(
         if response is None:
             raise ResponseNotFound(response_id)
         return response
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def list_input_items(response_id: str, limit: int = 20, order: str = "desc", after: str | None = None):
+        items = await asyncio.to_thread(responses_store.input_items, response_id) if responses_store else None
+        if items is None:
+            raise ResponseNotFound(response_id)
+        return input_items_page(items, limit, order, after)
 
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str):

@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Any
 
+from gallama.protocol.errors import InvalidRequest
+
 DEFAULT_MAX_RESPONSES = 10_000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
@@ -103,6 +105,14 @@ class ResponsesStore:
             row = self._db.execute("SELECT conversation FROM responses WHERE id = ?", (response_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
+        """What the response answered: its conversation without its own output, each item with an id."""
+        response, conversation = self.get(response_id), self.conversation(response_id)
+        if response is None or conversation is None:
+            return None
+        items = conversation[: len(conversation) - len(response["output"])]
+        return [item if item.get("id") else {"id": f"{response_id}_item_{n}", **item} for n, item in enumerate(items)]
+
     def delete(self, response_id: str) -> bool:
         with self._lock:
             return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
@@ -114,3 +124,20 @@ class ResponsesStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def input_items_page(items: list[dict[str, Any]], limit: int, order: str, after: str | None) -> dict[str, Any]:
+    """One page of GET /v1/responses/{id}/input_items, as OpenAI lists them (newest first by default)."""
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be asc or desc.", param="order")
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("'limit' must be between 1 and 100.", param="limit")
+    ordered = items[::-1] if order == "desc" else items
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        if after not in ids:
+            raise InvalidRequest(f"No input item with id '{after}'.", param="after")
+        ordered = ordered[ids.index(after) + 1:]
+    page = ordered[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(ordered) > limit}
