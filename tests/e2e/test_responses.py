@@ -261,6 +261,7 @@ def test_stream_with_a_custom_regex_grammar_tool(client):
     item = next(e.item for e in events if e.type == "response.output_item.done")
     assert item.type == "custom_tool_call" and item.name == "set_code"
     assert re.fullmatch(r"[0-9]{3}-[A-Z]{2}", item.input) and done.input == item.input
+    assert "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta") == item.input
 
 
 def test_lark_custom_tools_are_a_400_naming_the_syntax(client):

@@ -209,15 +209,18 @@ def test_event_stream_failure_ends_with_response_failed():
     assert failed["output"][0]["status"] == "incomplete"
 
 
-def test_custom_tool_input_streams_whole_at_the_end():
+def test_custom_tool_input_streams_decoded():
     events = EventStream(shell(tools=[{"type": "custom", "name": "apply_patch"}]), len)
     events.start()
     out = events.feed(chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "apply_patch", "arguments": ""}}]}))
-    out += events.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"input\": \"a\\nb\"}"}}]}))
+    arguments = json.dumps({"input": "*** Begin Patch\n\"quoted\" \\ caf\u00e9 \U0001F600\n*** End Patch"})
+    for start in range(0, len(arguments), 3):  # pieces that cut escapes in half
+        out += events.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start:start + 3]}}]}))
     out += events.finish()
     assert out[0]["item"]["type"] == "custom_tool_call" and "_arguments" not in out[0]["item"]
+    deltas = [e["delta"] for e in out if e["type"] == "response.custom_tool_call_input.delta"]
     done = next(e for e in out if e["type"] == "response.custom_tool_call_input.done")
-    assert done["input"] == "a\nb"
+    assert len(deltas) > 5 and "".join(deltas) == done["input"] == json.loads(arguments)["input"]
     assert "_arguments" not in out[-1]["response"]["output"][0]
 
 

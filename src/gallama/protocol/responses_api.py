@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -643,8 +644,13 @@ class EventStream:
                 item["arguments"] += piece
                 events.append(self.event("response.function_call_arguments.delta", **self._where(), delta=piece))
             else:
-                # The freeform input is the "input" string of the arguments' JSON: sent whole when the call ends.
+                # The freeform input is the "input" string of the arguments' JSON: its decoded text streams.
                 item["_arguments"] += piece
+                decoded = _partial_input(item["_arguments"])
+                if len(decoded) > len(item["input"]):
+                    events.append(self.event("response.custom_tool_call_input.delta", **self._where(),
+                                             delta=decoded[len(item["input"]):]))
+                    item["input"] = decoded
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -673,3 +679,28 @@ def _custom_input(arguments: str) -> str:
     except ValueError:
         return arguments
     return value.get("input", "") if isinstance(value, dict) else arguments
+
+
+_INPUT_START = re.compile(r'\s*\{\s*"input"\s*:\s*"')
+
+
+def _partial_input(arguments: str) -> str:
+    """The decoded text of the "input" string in a custom tool call's arguments, as far as they are written."""
+    start = _INPUT_START.match(arguments)
+    if start is None:
+        return ""
+    raw, end, i = arguments[start.end():], None, 0
+    while i < len(raw):
+        if raw[i] == "\\":
+            if i + 1 >= len(raw) or (raw[i + 1] == "u" and i + 6 > len(raw)):
+                end = i  # an escape not written to its end yet
+                break
+            i += 6 if raw[i + 1] == "u" else 2
+            continue
+        if raw[i] == '"':
+            end = i
+            break
+        i += 1
+    text = json.loads('"' + raw[:end] + '"')
+    # Half a surrogate pair would change once the other half comes.
+    return text[:-1] if text and "\ud800" <= text[-1] <= "\udbff" else text
