@@ -92,6 +92,7 @@ def serve(
     request_timeout: Annotated[Optional[float], typer.Option(help="Seconds a generation may take, queue wait included; past it, it ends with a 'request_timeout' error (per model: request_timeout=).")] = None,
     shutdown_grace: Annotated[float, typer.Option(help="On SIGTERM, seconds the requests in flight get to finish before they end with an error.")] = 5.0,
     strict_model_names: Annotated[bool, typer.Option("--strict-model-names", envvar="GALLAMA_STRICT_MODEL_NAMES", help="A request for a model that is not served gets a 404; by default it goes to the first model of the kind its endpoint needs.")] = False,
+    responses_store: Annotated[Optional[Path], typer.Option(help="A SQLite file that keeps /v1/responses' stored responses across restarts; default: a temporary one, deleted at shutdown.")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
 
@@ -112,18 +113,28 @@ def serve(
     from gallama.router.front import create_front, group_specs
     from gallama.router.handover import HandoverProtocol
     from gallama.router.pool import ModelPool
+    from gallama.server.responses_store import ResponsesStore
 
-    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning", strict_model_names=strict_model_names)
+    store_path = str(responses_store) if responses_store else ResponsesStore.temporary_path()
+    store = ResponsesStore(store_path)
+    pool = ModelPool(log_level="debug" if log_level == "debug" else "warning", strict_model_names=strict_model_names,
+                     responses_store=store_path)
     guard = GuardSettings(api_keys=_split_keys(api_key), admin_keys=_split_keys(admin_key),
                           max_body_bytes=int(max_body_mb * 1024 * 1024))
-    front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin)
+    front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin, responses_store=store)
     # The workers end what is left once the grace period is over: a few seconds more cover that.
     # HandoverProtocol: streamed responses go from the workers to the clients' sockets (gallama.server.handover).
     server_config = uvicorn.Config(front, host=host, port=port, log_level=log_level.lower(), http=HandoverProtocol,
                                    access_log=False, timeout_graceful_shutdown=shutdown_grace + 5)
     # uvicorn's own loop choice (uvloop when installed), as uvicorn.run would make it.
-    with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
-        code = runner.run(_serve(pool, group_specs(specs), server_config, shutdown_grace))
+    try:
+        with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
+            code = runner.run(_serve(pool, group_specs(specs), server_config, shutdown_grace))
+    finally:
+        store.close()
+        if not responses_store:  # the temporary store goes with the server
+            for suffix in ("", "-wal", "-shm"):
+                Path(store_path + suffix).unlink(missing_ok=True)
     raise typer.Exit(code)
 
 
@@ -136,12 +147,13 @@ def worker(
     spec_json: str,
     log_level: Annotated[str, typer.Option()] = "warning",
     handover_fd: Annotated[Optional[int], typer.Option()] = None,
+    responses_store: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
     """One model instance (started by `serve`; not for direct use)."""
     from gallama.router.worker import run_worker
 
     _setup_logging(log_level)
-    raise typer.Exit(run_worker(spec_json, log_level, handover_fd))
+    raise typer.Exit(run_worker(spec_json, log_level, handover_fd, responses_store))
 
 
 @app.command("list")

@@ -109,3 +109,10 @@ class ServerShuttingDown(ServiceUnavailable):
     def __init__(self):
         super().__init__("The server is shutting down; this request was stopped. Retry on a running server.",
                          code="server_shutting_down", headers={"Retry-After": "5"})
+
+
+class ResponseNotFound(APIError):
+    status_code = 404
+
+    def __init__(self, response_id: str, param: str | None = None):
+        super().__init__(f"Response with id '{response_id}' not found.", param=param, code="not_found")

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from gallama import __version__
 from gallama.config import ModelSpec, SpecError, load_config, resolve, spec_from_dict
-from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound
+from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound, ResponseNotFound
 from gallama.protocol.requests import StrictModel
 from gallama.router.handover import wants_handover
 from gallama.router.pool import ModelPool
@@ -26,6 +26,7 @@ from gallama.router.worker_metrics import scrape_workers
 from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app, install_error_handlers
 from gallama.server.guard import MODEL_FALLBACK, Guard, GuardSettings, Metrics
+from gallama.server.responses_store import ResponsesStore, input_items_page
 
 ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize",
                 "/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
@@ -63,6 +64,7 @@ def create_front(
     spec_defaults: dict[str, Any] | None = None,
     guard: GuardSettings | None = None,
     cors_origins: list[str] | None = None,
+    responses_store: ResponsesStore | None = None,
 ) -> FastAPI:
     # TCP_NODELAY: httpx writes headers and body separately, and Nagle plus delayed ACKs would hold the body 40 ms.
     transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None),
@@ -125,6 +127,28 @@ def create_front(
         if group is None:
             raise ModelNotFound(model_id)
         return group.card()
+
+    # Stored responses: the workers write them into this file, the front reads and deletes them.
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(response_id: str):
+        response = await asyncio.to_thread(responses_store.get, response_id) if responses_store else None
+        if response is None:
+            raise ResponseNotFound(response_id)
+        return response
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def list_input_items(response_id: str, limit: int = 20, order: str = "desc", after: str | None = None):
+        items = await asyncio.to_thread(responses_store.input_items, response_id) if responses_store else None
+        if items is None:
+            raise ResponseNotFound(response_id)
+        return input_items_page(items, limit, order, after)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str):
+        deleted = await asyncio.to_thread(responses_store.delete, response_id) if responses_store else False
+        if not deleted:
+            raise ResponseNotFound(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
 
     @app.get("/health")
     async def health():

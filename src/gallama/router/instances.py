@@ -43,10 +43,11 @@ def _describe_load(instance: "WorkerInstance") -> str:
 
 
 class WorkerInstance:
-    def __init__(self, spec: ModelSpec, index: int, log_level: str = "warning"):
+    def __init__(self, spec: ModelSpec, index: int, log_level: str = "warning", responses_store: str | None = None):
         self.spec = spec
         self.index = index
         self.log_level = log_level
+        self.responses_store = responses_store  # the SQLite file of /v1/responses, shared with the front
         self.status = "loading"  # loading, ready, restarting, failed, stopped
         self.outstanding = 0  # requests routed here and not finished
         self.requests = 0  # requests routed here in all: the tie-breaker that spreads sequential traffic
@@ -71,9 +72,10 @@ class WorkerInstance:
         if self.channel is not None:  # a restart: the old worker's channel went with it
             self.channel.close()
         self.channel = HandoverChannel()
+        store = ("--responses-store", self.responses_store) if self.responses_store else ()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gallama", "worker", self.spec.model_dump_json(), "--log-level", self.log_level,
-            "--handover-fd", str(self.channel.worker_fd), pass_fds=(self.channel.worker_fd,),
+            "--handover-fd", str(self.channel.worker_fd), *store, pass_fds=(self.channel.worker_fd,),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         )
         self.channel.spawned()

@@ -31,9 +31,10 @@ EMBEDDING_HELP = (
 
 
 class ModelPool:
-    def __init__(self, log_level: str = "warning", strict_model_names: bool = False):
+    def __init__(self, log_level: str = "warning", strict_model_names: bool = False, responses_store: str | None = None):
         self.groups: dict[str, ModelGroup] = {}
         self.log_level = log_level
+        self.responses_store = responses_store  # the SQLite file every worker keeps /v1/responses in
         # Off: a request for a model that is not served goes to the default model of its kind, as the
         # original gallama and llama.cpp's server do (clients hard-code names such as "gpt-4o-mini").
         self.strict_model_names = strict_model_names
@@ -83,7 +84,7 @@ class ModelPool:
         if len({spec.model_dump_json(exclude={"threads"}) for spec in specs}) > 1:
             raise InvalidRequest(f"the instances of '{name}' must be the same model with the same settings",
                                  param="model_name")
-        group = ModelGroup(name, [WorkerInstance(spec, i + 1, self.log_level) for i, spec in enumerate(specs)])
+        group = ModelGroup(name, [WorkerInstance(spec, i + 1, self.log_level, self.responses_store) for i, spec in enumerate(specs)])
         self.groups[name] = group  # reserves the name; requests get a 503 until an instance serves
         try:
             await group.start(on_ready)

@@ -24,6 +24,7 @@ from gallama.router.loading import load_served, memory_facts
 from gallama.router.registry import ModelRegistry
 from gallama.server.app import create_app
 from gallama.server.graceful import GracefulServer
+from gallama.server.responses_store import ResponsesStore
 from gallama.server.handover import DropUnclaimedSockets, HandoverInbox
 
 log = logging.getLogger("gallama.worker")
@@ -42,7 +43,8 @@ def _report(message: dict) -> None:
     sys.stdout.flush()
 
 
-def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | None = None) -> int:
+def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | None = None,
+               responses_store: str | None = None) -> int:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     spec = ModelSpec.model_validate_json(spec_json)
     started = time.perf_counter()
@@ -65,7 +67,7 @@ def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | No
         "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         **memory_facts(served),
     })
-    app = create_app(registry)
+    app = create_app(registry, ResponsesStore(responses_store) if responses_store else None)
     if handover_fd is not None:  # the front hands streamed requests' sockets over this channel
         app.state.handover = HandoverInbox(socket.socket(fileno=handover_fd))
         app.add_middleware(DropUnclaimedSockets, inbox=app.state.handover)

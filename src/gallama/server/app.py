@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gallama import __version__
 from gallama.protocol.errors import APIError, envelope
 from gallama.router.registry import ModelRegistry
-from gallama.server.routes import chat, completions, embeddings, messages, models
+from gallama.server.responses_store import ResponsesStore
+from gallama.server.routes import chat, completions, embeddings, messages, models, responses
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(request, 500, f"internal error: {type(error).__name__}")
 
 
-def create_app(registry: ModelRegistry) -> FastAPI:
+def create_app(registry: ModelRegistry, responses_store: ResponsesStore | None = None) -> FastAPI:
     app = FastAPI(title="gallama", version=__version__)
     app.state.registry = registry
+    app.state.responses_store = responses_store  # None: a temporary one, made on first use
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics():

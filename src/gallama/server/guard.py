@@ -63,6 +63,18 @@ class Metrics:
 MODEL_FALLBACK = "gallama.model_fallback"
 
 
+# Paths that end with an id: one metrics label for all of them, not one per id.
+ID_PATHS = ("/v1/models/", "/v1/responses/")
+
+
+def _endpoint(path: str) -> str:
+    """The metrics label of a request's path."""
+    for prefix in ID_PATHS:
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return prefix + "{id}"
+    return path if path.startswith(("/v1/", "/tokenize", "/detokenize")) else "other"
+
+
 class Guard:
     def __init__(self, app, settings: GuardSettings, metrics: Metrics):
         self.app, self.settings, self.metrics = app, settings, metrics
@@ -98,7 +110,7 @@ class Guard:
         finally:
             elapsed = time.perf_counter() - started
             status_box["status"] = scope.get(HANDED_OVER_STATUS, status_box["status"])
-            endpoint = path if path.startswith(("/v1/", "/tokenize", "/detokenize")) else "other"
+            endpoint = _endpoint(path)
             self.metrics.requests.labels(endpoint, str(status_box["status"])).inc()
             self.metrics.latency.labels(endpoint).observe(elapsed)
             fallback = scope.get(MODEL_FALLBACK)
