@@ -171,10 +171,14 @@ def create_front(
         items = payload if isinstance(payload, list) else [payload]
         if not items:
             raise InvalidRequest("Give one model spec or a list of them.")
+        try:
+            config = load_config()
+        except SpecError as error:
+            raise InvalidRequest(str(error), param="model_id", code="invalid_model_spec") from None
         specs = []
         for n, item in enumerate(items):
             try:
-                specs.append(resolve(spec_from_dict(item), load_config(), spec_defaults))
+                specs.append(resolve(spec_from_dict(item), config, spec_defaults))
             except SpecError as error:
                 where = f"model {n + 1}: " if len(items) > 1 else ""
                 raise InvalidRequest(f"{where}{error}", param="model_id", code="invalid_model_spec") from None
