@@ -52,14 +52,15 @@ def test_claude_code_runs_a_bash_tool_and_reads_its_result(long_context_server, 
                "--tools", "Bash", "--allowedTools", "Bash", "--model", DEFAULT_MODEL, "--max-turns", "2",
                "--output-format", "stream-json", "--verbose"]
     # Claude Code sets no temperature: at the default (1) the 135M model answers in text instead of calling
-    # in about one run of three (measured); those runs are tried again.
+    # in about one run of three (measured), or calls with a rambling command that the 300-token budget cuts
+    # (then Claude Code keeps the unparsed input); those runs are tried again.
     for _ in range(8):
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
         assert not any("API Error" in str(line.get("result")) for line in lines), result.stdout[-2000:]
         calls = [block for line in lines if line.get("type") == "assistant"
                  for block in line["message"]["content"] if block["type"] == "tool_use"]
-        if calls:
+        if calls and calls[0]["input"].get("command"):
             break
     results = [block for line in lines if line.get("type") == "user"
                for block in line["message"]["content"] if isinstance(block, dict) and block.get("type") == "tool_result"]
