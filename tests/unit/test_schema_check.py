@@ -134,3 +134,62 @@ def test_a_schema_sent_again_reuses_its_check():
     first = check_for({"type": "array", "uniqueItems": True})
     assert check_for({"uniqueItems": True, "type": "array"}) is first  # same schema, keys in another order
     assert check_for({"type": "array"}) is not first
+
+
+# Schemas llguidance refuses even relaxed (shapes from JSONSchemaBench's WashingtonPost, Github_hard and
+# JsonSchemaStore): (schema, an instance the served grammar admits and the check catches, a valid one)
+WIDER = {
+    "recursive reference beside an overlapping property": (
+        {"type": "object", "properties": {"name": {"type": "string"}},
+         "patternProperties": {".*": {"anyOf": [{"$ref": "#"}, {"type": "string"}]}}},
+        '{"name": "a", "x": {"name": 5}}', '{"name": "a", "x": {"name": "b"}}'),
+    "overlapping patternProperties": (
+        {"type": "object", "patternProperties": {".*": {"type": "integer"}, "^_x$": {"minimum": 2}},
+         "additionalProperties": False},
+        '{"_x": 1}', '{"_x": 3, "y": 1}'),
+}
+
+
+@pytest.mark.parametrize("schema, broken, valid", WIDER.values(), ids=WIDER.keys())
+def test_what_llguidance_cannot_compile_relaxed_is_widened_and_checked(schema, broken, valid):
+    assert grammar_accepts(schema, valid) and SchemaCheck(schema).violation(valid) is None
+    assert grammar_accepts(schema, broken) and SchemaCheck(schema).violation(broken) is not None
+
+
+def test_a_bound_past_what_a_range_regex_holds_is_left_out_and_the_other_kept():
+    schema = {"type": "number", "minimum": 0, "maximum": 1.7976931348623157e308}
+    assert grammar_accepts(schema, "12.5")
+    assert not grammar_accepts(schema, "-1")
+
+
+def test_only_the_recursive_references_are_dropped():
+    from gallama.agentic.schema_check import without_cycles
+
+    schema = {"definitions": {"leaf": {"type": "integer"}, "node": {"type": "object", "properties": {
+        "next": {"$ref": "#/definitions/node"}, "leaf": {"$ref": "#/definitions/leaf"}}}}, "$ref": "#/definitions/node"}
+    node = without_cycles(schema)["definitions"]["node"]
+    assert node["properties"] == {"next": {}, "leaf": {"$ref": "#/definitions/leaf"}}
+
+
+UNSATISFIABLE_DEFINITION = {"definitions": {"bad": {"type": "object", "additionalProperties": False,
+                                                    "oneOf": [{"$ref": "#/definitions/text"}]},
+                                            "text": {"type": "string"}}}
+
+
+def test_an_optional_property_no_value_satisfies_is_left_out():
+    schema = {"type": "object", "properties": {"t": {"$ref": "#/definitions/bad"}, "u": {"type": "integer"}},
+              **UNSATISFIABLE_DEFINITION}
+    assert grammar_accepts(schema, '{"u": 1}')
+    assert not grammar_accepts(schema, '{"t": {}, "u": 1}')
+    assert SchemaCheck(schema).violation('{"t": {}, "u": 1}') is not None  # the check agrees
+
+
+def test_a_schema_no_instance_satisfies_is_refused_with_the_reason():
+    from gallama.agentic.constraints import ConstraintError
+
+    schema = {"type": "object", "properties": {"t": {"$ref": "#/definitions/bad"}}, "required": ["t"],
+              **UNSATISFIABLE_DEFINITION}
+    with pytest.raises(ConstraintError, match="Unsatisfiable"):
+        matcher = llguidance.LLMatcher(_byte_tokenizer(), json_schema_grammar(schema), log_level=0)
+        if matcher.is_error():
+            raise ConstraintError(matcher.get_error())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,13 +37,21 @@ DATA_KEYWORDS = ("const", "enum", "default", "examples")
 # Left to the check outright: llguidance's lenient grammar for these wrongly refuses some valid
 # objects (minProperties 1 with optional keys refuses {"a": 1}).
 UNSOUND_WHEN_LENIENT = ("minProperties", "maxProperties")
+DEFINITION_KEYWORDS = ("definitions", "$defs")
+NUMERIC_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+HUGE_BOUND = 2.0**63  # past it llguidance's range regexes fail ("Failed to generate regex for float range")
+# llguidance's error for a definition no value satisfies, and where it is.
+UNSATISFIABLE = re.compile(r"^Unsatisfiable schema:[^\n]*\n\s*while processing json-schema:///(#[^\s']*)")
+MAX_UNSATISFIABLE = 16  # definitions read as `false`, one compile each, before giving up
 
 
 def relaxed(schema: Any, widen: bool = False) -> Any:
     """The schema without the keywords that `UNSOUND_WHEN_LENIENT` names; with `widen`, also
-    without what llguidance cannot compile even when lenient: string `pattern`s (look-arounds)
-    and the constraints beside a `$ref` (recursive references with siblings; its definitions and
-    identifiers stay). Each only drops constraints: every valid instance still matches."""
+    without what llguidance cannot compile even when lenient: string `pattern`s (look-arounds),
+    the constraints beside a `$ref` (recursive references with siblings; its definitions and
+    identifiers stay), numeric bounds past `HUGE_BOUND` (its range regexes fail on them), and
+    overlapping `patternProperties` (merged into one that admits any value). Each only drops
+    constraints: every valid instance still matches."""
     if isinstance(schema, list):
         return [relaxed(item, widen) for item in schema]
     if not isinstance(schema, dict):
@@ -52,9 +62,78 @@ def relaxed(schema: Any, widen: bool = False) -> Any:
             return key.startswith("$") or key == "definitions"
         if widen and key == "pattern" and isinstance(schema[key], str):
             return False
+        if widen and key in NUMERIC_BOUNDS and isinstance(schema[key], (int, float)) and abs(schema[key]) > HUGE_BOUND:
+            return False
         return key not in UNSOUND_WHEN_LENIENT or not isinstance(schema[key], int)
 
-    return {key: value if key in DATA_KEYWORDS else relaxed(value, widen) for key, value in schema.items() if kept(key)}
+    result = {key: value if key in DATA_KEYWORDS else relaxed(value, widen) for key, value in schema.items() if kept(key)}
+    patterns = result.get("patternProperties")
+    if widen and isinstance(patterns, dict) and len(patterns) > 1:
+        # llguidance needs the patterns disjoint; a property that matches any of them may hold any value.
+        result["patternProperties"] = {"|".join(f"(?:{pattern})" for pattern in patterns): {}}
+    return result
+
+
+def local_target(schema: Any, ref: str) -> Any:
+    """What a `#...` reference points to inside the schema (a JSON pointer), or None."""
+    node = schema
+    for part in ref[1:].split("/")[1:] if ref != "#" else []:
+        part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _refs(node: Any, applied: bool = False) -> set[str]:
+    """The local references in a subschema; with `applied`, only those it applies (its own
+    `definitions` are not applied where they sit)."""
+    if isinstance(node, list):
+        return set().union(*(_refs(item, applied) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    found = {node["$ref"]} if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#") else set()
+    for key, value in node.items():
+        if key not in DATA_KEYWORDS and not (applied and key in DEFINITION_KEYWORDS):
+            found |= _refs(value, applied)
+    return found
+
+
+def _replaced_refs(node: Any, refs: set[str], replace: Any) -> Any:
+    """Every subschema whose `$ref` is one of refs given to `replace` (the subschema -> its stand-in)."""
+    if isinstance(node, list):
+        return [_replaced_refs(item, refs, replace) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if isinstance(node.get("$ref"), str) and node["$ref"] in refs:
+        node = replace(node)
+        if not isinstance(node, dict):
+            return node
+    return {key: value if key in DATA_KEYWORDS else _replaced_refs(value, refs, replace) for key, value in node.items()}
+
+
+def without_cycles(schema: Any) -> Any:
+    """The schema with every recursive reference dropped (a subschema of only a `$ref` admits any
+    value then): llguidance cannot intersect a recursive definition with sibling constraints, and
+    dropping a reference only widens."""
+    edges = {ref: _refs(local_target(schema, ref), applied=True) for ref in _refs(schema)}
+
+    def reaches_itself(ref: str) -> bool:
+        seen, todo = set(), list(edges[ref])
+        while todo:
+            current = todo.pop()
+            if current == ref:
+                return True
+            if current not in seen and current in edges:
+                seen.add(current)
+                todo.extend(edges[current])
+        return False
+
+    cyclic = {ref for ref in edges if reaches_itself(ref)}
+    return _replaced_refs(schema, cyclic, lambda node: {k: v for k, v in node.items() if k != "$ref"})
 
 
 class _ByteTokenizer:
@@ -74,13 +153,30 @@ def _byte_tokenizer() -> llguidance.LLTokenizer:
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokenizer()))
 
 
-def _compiles(schema: dict[str, Any], options: llguidance.JsonCompileOptions) -> bool:
+def _compile_error(schema: Any, options: llguidance.JsonCompileOptions) -> str | None:
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
-        is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, _byte_tokenizer())
-    except (ValueError, TypeError, RuntimeError):
-        return False
-    return not is_error
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, _byte_tokenizer())
+    except (ValueError, TypeError, RuntimeError) as error:
+        return str(error)
+    return ("; ".join(messages) or "error") if is_error else None
+
+
+def _compiling(schema: Any, options: llguidance.JsonCompileOptions) -> Any | None:
+    """The schema, or the equal one where each definition llguidance finds unsatisfiable is read as
+    `false` at its references (it takes `false` in place but not behind a `$ref`), if that compiles."""
+    for _ in range(MAX_UNSATISFIABLE):
+        error = _compile_error(schema, options)
+        if error is None:
+            return schema
+        found = UNSATISFIABLE.match(error)
+        if found is None or found.group(1) == "#":
+            return None
+        ref = found.group(1)
+        if ref not in _refs(schema):
+            return None
+        schema = _replaced_refs(schema, {ref}, lambda node: False)
+    return None
 
 
 def grammar_schema(
@@ -88,7 +184,8 @@ def grammar_schema(
 ) -> tuple[dict[str, Any], llguidance.JsonCompileOptions]:
     """(schema, options) for the closest grammar that compiles: the exact schema under `exact`
     when it does; else the keywords the grammar cannot express left out (`relaxed`), then
-    also the ones it cannot compile (`relaxed(widen=True)`).
+    also the ones it cannot compile (`relaxed(widen=True)`), then also its recursive references
+    (`without_cycles`). In each, a definition llguidance finds unsatisfiable is read as `false`.
 
     A schema that compiles under none is returned relaxed, so that the compiler's error names
     what not even the relaxed grammar can do.
@@ -101,10 +198,12 @@ def grammar_schema(
 def _closest_grammar(schema_text: str, exact_text: str) -> tuple[str, str]:
     schema, exact = json.loads(schema_text), json.loads(exact_text)
     lenient = {**exact, **RELAXED_OPTIONS}
-    for candidate, options in ((schema, exact), (relaxed(schema), lenient), (relaxed(schema, widen=True), lenient)):
-        if _compiles(candidate, options):
-            return json.dumps(candidate), json.dumps(options)
-    return schema_text, json.dumps(lenient)
+    widened = relaxed(schema, widen=True)
+    for candidate, options in ((schema, exact), (relaxed(schema), lenient), (widened, lenient),
+                               (without_cycles(widened), lenient)):
+        if (compiling := _compiling(candidate, options)) is not None:
+            return json.dumps(compiling), json.dumps(options)
+    return json.dumps(relaxed(schema)), json.dumps(lenient)
 
 
 @dataclass(frozen=True)
