@@ -193,3 +193,9 @@ def test_a_schema_no_instance_satisfies_is_refused_with_the_reason():
         matcher = llguidance.LLMatcher(_byte_tokenizer(), json_schema_grammar(schema), log_level=0)
         if matcher.is_error():
             raise ConstraintError(matcher.get_error())
+
+
+def test_a_count_written_as_a_decimal_is_still_enforced():
+    schema = {"type": "array", "maxItems": 2.0}
+    assert grammar_accepts(schema, "[1, 2]")
+    assert not grammar_accepts(schema, "[1, 2, 3]")

@@ -38,6 +38,8 @@ DATA_KEYWORDS = ("const", "enum", "default", "examples")
 # objects (minProperties 1 with optional keys refuses {"a": 1}).
 UNSOUND_WHEN_LENIENT = ("minProperties", "maxProperties")
 DEFINITION_KEYWORDS = ("definitions", "$defs")
+COUNT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties",
+                  "minContains", "maxContains")
 NUMERIC_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 HUGE_BOUND = 2.0**63  # past it llguidance's range regexes fail ("Failed to generate regex for float range")
 # llguidance's error for a definition no value satisfies, and where it is.
@@ -64,9 +66,14 @@ def relaxed(schema: Any, widen: bool = False) -> Any:
             return False
         if widen and key in NUMERIC_BOUNDS and isinstance(schema[key], (int, float)) and abs(schema[key]) > HUGE_BOUND:
             return False
-        return key not in UNSOUND_WHEN_LENIENT or not isinstance(schema[key], int)
+        return key not in UNSOUND_WHEN_LENIENT or not isinstance(schema[key], (int, float))
 
-    result = {key: value if key in DATA_KEYWORDS else relaxed(value, widen) for key, value in schema.items() if kept(key)}
+    def value(key: str, value: Any) -> Any:
+        if key in COUNT_KEYWORDS and isinstance(value, float) and value.is_integer():
+            return int(value)  # `2.0` is a count too, which llguidance refuses
+        return value if key in DATA_KEYWORDS else relaxed(value, widen)
+
+    result = {key: value(key, item) for key, item in schema.items() if kept(key)}
     patterns = result.get("patternProperties")
     if widen and isinstance(patterns, dict) and len(patterns) > 1:
         # llguidance needs the patterns disjoint; a property that matches any of them may hold any value.
