@@ -6,6 +6,7 @@ import pytest
 from gallama.agentic.tool_formats import GENERIC, HERMES, LLAMA3, MISTRAL, detect_format
 from gallama.agentic.tool_grammar import tool_grammar
 from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
+from gallama.agentic.tools import plan_tools
 
 TOOLS = {
     "get_weather": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -20,9 +21,9 @@ def written(syntax, calls):
 
 
 @pytest.mark.parametrize("syntax", FORMATS, ids=lambda f: f.name)
-@pytest.mark.parametrize("choice", ["none", "auto", "required", "add"])
-def test_grammars_compile(syntax, choice):
-    grammar = llguidance.LLMatcher.grammar_from_lark(tool_grammar(TOOLS, syntax, choice, parallel=True))
+@pytest.mark.parametrize("mode, forced", [("none", None), ("auto", None), ("required", None), ("required", "add")])
+def test_grammars_compile(syntax, mode, forced):
+    grammar = llguidance.LLMatcher.grammar_from_lark(tool_grammar(TOOLS, syntax, mode, parallel=True, forced=forced))
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     assert not is_error, messages
 
@@ -141,3 +142,25 @@ def test_reasoning_splitter_streams_and_splits():
     assert opened.feed("still thinking</think>done") == ("still thinking", "done")
     plain = ReasoningSplitter(ReasoningTags(), already_open=False)
     assert plain.feed("Hello") == ("", "Hello")
+
+
+@pytest.mark.parametrize("name", ["none", "auto"])
+def test_a_tool_named_like_a_mode_is_forced_by_a_named_choice(name):
+    tools = [{"type": "function", "function": {"name": name, "parameters": TOOLS["add"]}},
+             {"type": "function", "function": {"name": "get_weather", "parameters": TOOLS["get_weather"]}}]
+    plan = plan_tools(tools, {"type": "function", "function": {"name": name}}, True, GENERIC)
+    assert (plan.mode, plan.forced, plan.parser_mode) == ("required", name, "calls")
+    grammar = plan.grammar(None)
+    assert accepts(grammar, written(GENERIC, [(name, '{"a": 1, "b": 2}')]))
+    assert not accepts(grammar, "<response>It is sunny.") and not accepts(grammar, "It is sunny.")
+    assert not accepts(grammar, written(GENERIC, [("get_weather", '{"city": "Paris"}')]))
+    messages, _ = plan.template_messages([{"role": "user", "content": "Add 1 and 2."}])
+    assert f"You must answer by calling the function {name}." in messages[0]["content"]
+
+
+def test_required_with_a_tool_named_required_may_call_any_tool():
+    tools = [{"type": "function", "function": {"name": "required", "parameters": TOOLS["add"]}},
+             {"type": "function", "function": {"name": "get_weather", "parameters": TOOLS["get_weather"]}}]
+    plan = plan_tools(tools, "required", True, GENERIC)
+    assert plan.forced is None
+    assert accepts(plan.grammar(None), written(GENERIC, [("get_weather", '{"city": "Paris"}')]))

@@ -8,8 +8,8 @@ ADD = {"type": "function", "function": {"name": "add", "parameters": {
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
-def system_prompt(choice, messages=ASK):
-    out = generic_history(messages, GENERIC, [WEATHER, ADD], choice)
+def system_prompt(mode, messages=ASK, forced=None):
+    out = generic_history(messages, GENERIC, [WEATHER, ADD], mode, forced)
     assert out[0]["role"] == "system"
     return out[0]["content"]
 
@@ -21,7 +21,7 @@ def test_auto_example_calls_a_real_tool_and_names_the_text_tag():
 
 
 def test_named_choice_example_calls_that_tool():
-    prompt = system_prompt("add")
+    prompt = system_prompt("required", forced="add")
     assert '<tool_call>{"name": "add", "arguments": {"a": "...", "b": "..."}}</tool_call>' in prompt
     assert "<response>" not in prompt
 

@@ -67,24 +67,26 @@ def check_parameters(name: str, parameters: dict[str, Any]) -> None:
 def tool_grammar(
     tools: dict[str, dict[str, Any]],
     syntax: ToolCallFormat,
-    choice: str,
+    mode: str,
     parallel: bool,
     text_schema: dict[str, Any] | None = None,
+    *,
+    forced: str | None = None,
 ) -> str:
     """A Lark grammar for the whole answer.
 
-    tools: name -> parameters schema. choice: "none", "auto", "required", or a
-    tool name. text_schema: when the answer may be text, the schema it follows.
+    tools: name -> parameters schema. mode: "none", "auto" or "required"; forced: the one
+    tool a "required" answer calls. text_schema: when the answer may be text, the schema it follows.
     """
     rules = []
-    callable_names = [choice] if choice in tools else list(tools)
+    callable_names = [forced] if forced is not None else list(tools)
     for index, name in enumerate(callable_names):
         rules.append(
             f"call_{index}: {_literal(syntax.call_prefix(name))} "
             f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}"
         )
     rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(callable_names))))
-    repeat = f" ({_literal(syntax.separator)} call)*" if parallel and choice not in tools else ""
+    repeat = f" ({_literal(syntax.separator)} call)*" if parallel and forced is None else ""
     open_, close = _literal(syntax.section_open), _literal(syntax.section_close)
     rules.append(f"calls: {open_ if syntax.section_open else ''} call{repeat} {close if syntax.section_close else ''}")
     if text_schema is not None:
@@ -93,11 +95,11 @@ def tool_grammar(
         # Free text that does not open a tool call, so "none" can never call.
         start = _regex_literal(syntax.start)
         rules.append(f"text: TEXT\nTEXT: /(?s:.+)/ & ~/(?s:\\s*){start}(?s:.*)/")
-    if choice == "none":
+    if mode == "none":
         top = "text"
-    elif choice == "auto" and syntax.text_open:
+    elif mode == "auto" and syntax.text_open:
         top = f"calls | {_literal(syntax.text_open)} text"
-    elif choice == "auto":
+    elif mode == "auto":
         top = "calls | text"
     else:
         top = "calls"

@@ -48,22 +48,22 @@ def native_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _example(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: str) -> str:
-    """A call of a given tool (the named one, else the first) with placeholder values.
+def _example(syntax: ToolCallFormat, tools: list[dict[str, Any]], forced: str | None) -> str:
+    """A call of a given tool (the forced one, else the first) with placeholder values.
 
     Small models copy a real name and real parameter names far better than a made-up one.
     """
-    function = next((t["function"] for t in tools if t["function"]["name"] == choice), tools[0]["function"])
+    function = next((t["function"] for t in tools if t["function"]["name"] == forced), tools[0]["function"])
     names = list((function.get("parameters") or {}).get("properties") or {})[:2]
     return syntax.call_prefix(function["name"]) + json.dumps({name: "..." for name in names}) + syntax.call_suffix()
 
 
-def _instructions(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: str) -> str:
+def _instructions(syntax: ToolCallFormat, tools: list[dict[str, Any]], mode: str, forced: str | None) -> str:
     listing = "\n".join(json.dumps(tool["function"], ensure_ascii=False) for tool in tools)
-    if choice == "required":
+    if forced is not None:
+        rule = f"You must answer by calling the function {forced}."
+    elif mode == "required":
         rule = "You must answer with one or more function calls."
-    elif choice in {tool["function"]["name"] for tool in tools}:
-        rule = f"You must answer by calling the function {choice}."
     elif syntax.text_open:
         rule = f"If no function fits, reply with {syntax.text_open} followed by your answer."
     else:
@@ -72,15 +72,16 @@ def _instructions(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: s
         "You are a function calling AI model. You are given these functions:\n"
         f"<tools>\n{listing}\n</tools>\n"
         f"To call a function, reply with one {syntax.call_open} per call, for example:\n"
-        f"{_example(syntax, tools, choice)}\n{rule}"
+        f"{_example(syntax, tools, forced)}\n{rule}"
     )
 
 
 def generic_history(
-    messages: list[dict[str, Any]], syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: str
+    messages: list[dict[str, Any]], syntax: ToolCallFormat, tools: list[dict[str, Any]], mode: str,
+    forced: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Messages for a template that knows nothing of tools."""
-    instructions = _instructions(syntax, tools, choice) if tools and choice != "none" else ""
+    """Messages for a template that knows nothing of tools (mode and forced as in ToolPlan)."""
+    instructions = _instructions(syntax, tools, mode, forced) if tools and mode != "none" else ""
     out: list[dict[str, Any]] = []
     for message in messages:
         role, content = message["role"], message.get("content") or ""

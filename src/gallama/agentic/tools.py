@@ -22,23 +22,24 @@ class ToolRequestError(ValueError):
 class ToolPlan:
     syntax: ToolCallFormat
     tools: list[dict[str, Any]]  # OpenAI tool objects, as sent
-    choice: str  # "none", "auto", "required" or a tool name
+    mode: str  # "none", "auto" or "required"
     parallel: bool
+    forced: str | None = None  # the tool a named tool_choice forces (mode "required"); a name, never a mode
     checks: dict[str, SchemaCheck] = field(default_factory=dict)  # tool name -> its parameters' check
 
     @property
     def parser_mode(self) -> str:
-        return {"none": "text", "auto": "auto"}.get(self.choice, "calls")
+        return {"none": "text", "auto": "auto"}.get(self.mode, "calls")
 
     def template_messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Messages and extra template variables for the chat template."""
         if self.syntax.native:
             return native_history(messages), {"tools": self.tools or None}
-        return generic_history(messages, self.syntax, self.tools, self.choice), {}
+        return generic_history(messages, self.syntax, self.tools, self.mode, self.forced), {}
 
     def grammar(self, text_schema: dict[str, Any] | None) -> str:
         parameters = {tool["function"]["name"]: tool["function"].get("parameters") or {} for tool in self.tools}
-        return tool_grammar(parameters, self.syntax, self.choice, self.parallel, text_schema)
+        return tool_grammar(parameters, self.syntax, self.mode, self.parallel, text_schema, forced=self.forced)
 
     def answer_check(self, text: SchemaCheck | None) -> AnswerCheck:
         return AnswerCheck(text=text, tools=self.checks)
@@ -67,9 +68,8 @@ def plan_tools(
         except SchemaCheckError as error:
             raise ToolRequestError(f"the parameters of tool '{name}': {error}", f"tools.{index}.function.parameters") from error
     if isinstance(tool_choice, dict):
-        choice = tool_choice["function"]["name"]
-        if choice not in names:
-            raise ToolRequestError(f"tool_choice names '{choice}', which is not among the given tools", "tool_choice")
-    else:
-        choice = tool_choice or "auto"
-    return ToolPlan(syntax=syntax, tools=tools, choice=choice, parallel=parallel, checks=checks)
+        forced = tool_choice["function"]["name"]
+        if forced not in names:
+            raise ToolRequestError(f"tool_choice names '{forced}', which is not among the given tools", "tool_choice")
+        return ToolPlan(syntax=syntax, tools=tools, mode="required", parallel=parallel, forced=forced, checks=checks)
+    return ToolPlan(syntax=syntax, tools=tools, mode=tool_choice or "auto", parallel=parallel, checks=checks)
