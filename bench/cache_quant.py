@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 from bench.flash_attention import CONTEXTS, STORY, batch_invariant, step_times  # noqa: E402
-from gallama.engines.llama_cpp_setup import flash_attention_for, load_model, model_size  # noqa: E402
+from gallama.engines.llama_cpp.setup import flash_attention_for, load_model, model_size  # noqa: E402
 
 # Past 512 cells of context, where llama.cpp's CPU flash attention splits a lone row's KV across threads.
 LONG_TASKS = [f"Summarize this story: {STORY * 6}", f"List the objects in this story: {STORY * 6}",

@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 from gallama.engines.base import GenerationRequest, SamplingParams  # noqa: E402
-from gallama.engines.llama_cpp_engine import LlamaCppEngine  # noqa: E402
-from gallama.engines.llama_cpp_setup import load_model, new_context  # noqa: E402
-from gallama.engines.token_batch import TokenBatch  # noqa: E402
+from gallama.engines.llama_cpp.engine import LlamaCppEngine  # noqa: E402
+from gallama.engines.llama_cpp.setup import load_model, new_context  # noqa: E402
+from gallama.engines.llama_cpp.batch import TokenBatch  # noqa: E402
 
 CONTEXTS = (50, 450, 1000, 2000)
 PREFILLS = (40, 500, 1500)

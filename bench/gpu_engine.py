@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gallama.engines.base import GenerationRequest, SamplingParams  # noqa: E402
-from gallama.engines.llama_cpp_engine import LlamaCppEngine  # noqa: E402
+from gallama.engines.llama_cpp.engine import LlamaCppEngine  # noqa: E402
 
 TEXT = ("My sister loves to travel. Every summer she visits a new country, learns a few words of its "
         "language and sends us postcards. Last year she went to Portugal and stayed in a small town by the sea.")

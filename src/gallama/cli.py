@@ -20,7 +20,7 @@ from gallama.config import (
     VALID_KEYS, ModelSpec, SpecError, ensure_config, load_config, parse_spec_string, resolve,
 )
 from gallama.protocol.errors import APIError
-from gallama.router.served_embedding_model import default_embedding_specs
+from gallama.serving.served_embedding_model import default_embedding_specs
 from gallama.server.graceful import GracefulServer
 
 app = typer.Typer(help="gallama: an OpenAI-compatible local LLM server for agentic work.", no_args_is_help=True)
@@ -150,7 +150,7 @@ def worker(
     responses_store: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
     """One model instance (started by `serve`; not for direct use)."""
-    from gallama.router.worker import run_worker
+    from gallama.server.worker import run_worker
 
     _setup_logging(log_level)
     raise typer.Exit(run_worker(spec_json, log_level, handover_fd, responses_store))

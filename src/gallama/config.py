@@ -60,7 +60,7 @@ class ModelSpec(BaseModel):
     # MiB of host memory for the KV states of conversations that lost their slot (0: none kept).
     prompt_cache_mb: float | None = Field(default=None, ge=0)
     # None: off on a CPU (batch-invariant greedy output, faster decoding past ~200 tokens of
-    # context: see engines/llama_cpp_setup.py), llama.cpp's choice (on) with GPU layers.
+    # context: see engines/llama_cpp/setup.py), llama.cpp's choice (on) with GPU layers.
     flash_attention: bool | None = None
     chat_template: str | None = None
     draft_model_id: str | None = None

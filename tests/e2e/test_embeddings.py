@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, locate
-from gallama.router.served_embedding_model import default_embedding_model_available
+from gallama.serving.served_embedding_model import default_embedding_model_available
 from tests.conftest import DEFAULT_MODEL, start_server, stop_server
 
 MINILM = DEFAULT_EMBEDDING_MODEL.name
@@ -194,7 +194,7 @@ def test_models_lists_embedding_models(client):
 
 
 def test_gguf_engine_turns_away_inputs_beyond_its_queue(monkeypatch):
-    from gallama.engines import embedding_llama_cpp
+    from gallama.engines.embedding import llama_cpp as embedding_llama_cpp
     from gallama.engines.base import EngineOverloaded
 
     engine = embedding_llama_cpp.LlamaCppEmbeddingEngine(str(locate(DEFAULT_CHAT_MODEL)), n_threads=1)

@@ -2,7 +2,7 @@
 
 With per-sequence KV streams llama.cpp batches only consecutive sequence ids together, so
 the engine runs a new sequence next to the running ones and copies a long cached prefix
-from a slot elsewhere (engines/slot_choice.py). The copy must change nothing in the output.
+from a slot elsewhere (engines/llama_cpp/slot_choice.py). The copy must change nothing in the output.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
 from gallama.engines.base import GenerationRequest, SamplingParams
-from gallama.engines.llama_cpp_engine import LlamaCppEngine
-from gallama.engines.slot_choice import MIN_COPIED_PREFIX
+from gallama.engines.llama_cpp.engine import LlamaCppEngine
+from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX
 
 PATH = str(locate(DEFAULT_CHAT_MODEL))
 SHARED = (

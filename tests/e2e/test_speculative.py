@@ -17,8 +17,8 @@ import pytest
 from gallama.agentic.constraints import ConstraintCompiler, json_schema_grammar
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
 from gallama.engines.base import GenerationRequest, SamplingParams
-from gallama.engines.draft_model import VocabularyMismatch
-from gallama.engines.llama_cpp_engine import LlamaCppEngine
+from gallama.engines.llama_cpp.draft_model import VocabularyMismatch
+from gallama.engines.llama_cpp.engine import LlamaCppEngine
 
 TEXT = (
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "

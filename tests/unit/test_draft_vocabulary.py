@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gallama.engines.draft_model import MAX_VOCAB_SIZE_DIFFERENCE, vocabulary_mismatch
-from gallama.engines.token_batch import TokenBatch
+from gallama.engines.llama_cpp.draft_model import MAX_VOCAB_SIZE_DIFFERENCE, vocabulary_mismatch
+from gallama.engines.llama_cpp.batch import TokenBatch
 
 VOCAB = [b"<s>", b"a", b"b", b" the"]
 

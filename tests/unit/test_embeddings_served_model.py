@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gallama.protocol.errors import InvalidRequest
-from gallama.router.registry import ModelRegistry
-from gallama.router.served_embedding_model import ServedEmbeddingModel
+from gallama.serving.registry import ModelRegistry
+from gallama.serving.served_embedding_model import ServedEmbeddingModel
 
 
 class FakeEngine:
@@ -104,7 +104,7 @@ def test_registry_lookups_by_kind():
 
 def test_plain_serve_adds_the_default_embedding_model_only_without_ids():
     from gallama.cli import _cli_specs
-    from gallama.router.served_embedding_model import default_embedding_model_available
+    from gallama.serving.served_embedding_model import default_embedding_model_available
 
     plain = [(spec.model_id, spec.model_name) for spec in _cli_specs(None, None, [])]
     assert plain[0] == ("SmolLM2-135M-Instruct", None)

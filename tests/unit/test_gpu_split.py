@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gallama.engines.gpu_split import GIB, HEADROOM, ModelSize, describe_placement, place
+from gallama.engines.llama_cpp.gpu_split import GIB, HEADROOM, ModelSize, describe_placement, place
 
 SEVEN_GB = ModelSize(weights_bytes=7 * GIB, n_layer=32, kv_bytes=1 * GIB)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
-from gallama.engines.llama_cpp_setup import (
+from gallama.engines.llama_cpp.setup import (
     LlamaCppRefused, describe_kv, flash_attention_for, load_model, model_size, new_context,
 )
 

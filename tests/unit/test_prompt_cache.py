@@ -1,6 +1,6 @@
 """The host-memory cache of conversations that lost their slot: what it keeps, finds and drops."""
 
-from gallama.engines.prompt_cache import PromptCache
+from gallama.engines.llama_cpp.prompt_cache import PromptCache
 
 
 def state(size):

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from gallama.engines.slot_choice import MIN_COPIED_PREFIX, choose_slot
+from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, choose_slot
 
 
 @dataclass

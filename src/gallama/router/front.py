@@ -23,7 +23,7 @@ from gallama.router.handover import wants_handover
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
 from gallama.router.worker_metrics import scrape_workers
-from gallama.router.registry import ModelRegistry
+from gallama.serving.registry import ModelRegistry
 from gallama.server.app import create_app, install_error_handlers
 from gallama.server.guard import MODEL_FALLBACK, Guard, GuardSettings, Metrics
 from gallama.server.responses_store import ResponsesStore, input_items_page

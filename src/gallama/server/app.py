@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gallama import __version__
 from gallama.protocol.errors import APIError, envelope
-from gallama.router.registry import ModelRegistry
+from gallama.serving.registry import ModelRegistry
 from gallama.server.responses_store import ResponsesStore
 from gallama.server.routes import chat, completions, embeddings, messages, models, responses
 

@@ -10,7 +10,7 @@ from typing import AsyncIterator
 from gallama.agentic.text_stream import StopStringCutter, Utf8Stream
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
 from gallama.protocol.errors import RateLimited, RequestTimedOut
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 
 
 @dataclass

@@ -12,7 +12,7 @@ from gallama.agentic.schema_check import SchemaCheck, SchemaCheckError, check_fo
 from gallama.engines.base import GenerationRequest, SamplingParams
 from gallama.protocol.errors import ContextLengthExceeded, InvalidRequest
 from gallama.protocol.requests import SamplingFields
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 from gallama.server.choices import ChoiceSpec
 
 

@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable
 from gallama.agentic.thinking import close_open_tags
 from gallama.engines.base import EngineOverloaded
 from gallama.protocol.errors import RateLimited
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece
 
 

@@ -19,7 +19,7 @@ from gallama.engines.base import EngineOverloaded
 from gallama.protocol.errors import AnswerInvalid, InvalidRequest, RateLimited
 from gallama.protocol.requests import ChatCompletionRequest, ChatMessage
 from gallama.protocol.responses import ResponseHeader, chat_logprobs, usage
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece, merge_choices, start_choices
 from gallama.server.planning import (
     choice_spec,

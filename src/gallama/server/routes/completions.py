@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from gallama.protocol.errors import InvalidRequest
 from gallama.protocol.requests import CompletionRequest
 from gallama.protocol.responses import CompletionLogprobs, ResponseHeader, usage
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, merge_choices, start_choices
 from gallama.server.planning import choice_specs, constraint_grammar, output_budget
 from gallama.server.sse import sse_response

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from gallama.protocol.anthropic import ContentBlock, CountTokensRequest, MessagesRequest, TextBlock
 from gallama.protocol.errors import InvalidRequest
 from gallama.protocol.requests import ChatCompletionRequest
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 from gallama.server.routes.chat import ChatStart, chat_prompt_text, complete, start_chat, stream_chunks, tool_plan
 from gallama.server.sse import sse_response
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from gallama.protocol.errors import InvalidRequest
 from gallama.protocol.requests import StrictModel
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 
 router = APIRouter()
 

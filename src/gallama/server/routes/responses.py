@@ -12,7 +12,7 @@ from gallama.protocol.errors import APIError, ContextLengthExceeded, ResponseNot
 from gallama.protocol.responses_api import (
     EventStream, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
 )
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_model import ServedModel
 from gallama.server.responses_store import ResponsesStore
 from gallama.server.routes.chat import complete, start_chat, stream_chunks
 from gallama.server.sse import sse_response

@@ -20,8 +20,8 @@ import uvicorn
 
 from gallama.config import ModelSpec
 from gallama.protocol.errors import ServerShuttingDown
-from gallama.router.loading import load_served, memory_facts
-from gallama.router.registry import ModelRegistry
+from gallama.serving.loading import load_served, memory_facts
+from gallama.serving.registry import ModelRegistry
 from gallama.server.app import create_app
 from gallama.server.graceful import GracefulServer
 from gallama.server.responses_store import ResponsesStore

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gallama.protocol.errors import InvalidRequest, ModelNotFound
-from gallama.router.served_embedding_model import ServedEmbeddingModel
-from gallama.router.served_model import ServedModel
+from gallama.serving.served_embedding_model import ServedEmbeddingModel
+from gallama.serving.served_model import ServedModel
 
 
 class ModelRegistry:

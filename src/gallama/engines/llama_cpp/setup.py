@@ -11,7 +11,7 @@ import llama_cpp
 from llama_cpp import _internals
 from llama_cpp._logger import llama_log_callback as LLAMA_CPP_PYTHON_LOGGER
 
-from gallama.engines.gpu_split import GpuPlacement, ModelSize, place
+from gallama.engines.llama_cpp.gpu_split import GpuPlacement, ModelSize, place
 
 KV_CACHE_TYPES = {
     "FP16": llama_cpp.GGML_TYPE_F16,

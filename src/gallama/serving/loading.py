@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from gallama.config import ModelSpec
-from gallama.engines.gpu_split import describe_placement
-from gallama.engines.llama_cpp_engine import LlamaCppEngine
-from gallama.engines.prompt_cache import DEFAULT_PROMPT_CACHE_MB
-from gallama.router.served_model import ServedModel
+from gallama.engines.llama_cpp.gpu_split import describe_placement
+from gallama.engines.llama_cpp.engine import LlamaCppEngine
+from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB
+from gallama.serving.served_model import ServedModel
 
 
 def load_llama_cpp(spec: ModelSpec) -> ServedModel:
@@ -27,7 +27,7 @@ def load_llama_cpp(spec: ModelSpec) -> ServedModel:
 
 def load_embedding(spec: ModelSpec):
     # EMBEDDING BACKEND HOOK (issue 7); resolve() has already refused embedding specs when it is absent.
-    from gallama.router.served_embedding_model import load_embedding_model
+    from gallama.serving.served_embedding_model import load_embedding_model
 
     return load_embedding_model(spec)
 

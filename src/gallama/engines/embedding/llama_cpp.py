@@ -22,8 +22,8 @@ import numpy as np
 from llama_cpp import _internals
 
 from gallama.engines.base import EngineOverloaded
-from gallama.engines.embedding_base import EmbeddingInput, l2_normalize
-from gallama.engines.llama_cpp_setup import load_model, plan_gpus
+from gallama.engines.embedding.base import EmbeddingInput, l2_normalize
+from gallama.engines.llama_cpp.setup import load_model, plan_gpus
 
 log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter

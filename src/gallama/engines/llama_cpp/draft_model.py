@@ -12,9 +12,9 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 
-from gallama.engines.llama_cpp_setup import copy_sequence, load_model, new_context, plan_gpus, token_pieces
+from gallama.engines.llama_cpp.setup import copy_sequence, load_model, new_context, plan_gpus, token_pieces
 from gallama.engines.prefix import common_prefix_length
-from gallama.engines.token_batch import TokenBatch
+from gallama.engines.llama_cpp.batch import TokenBatch
 
 # Models of one family often pad their vocabularies to different sizes; llama.cpp's
 # own speculative decoding tolerates this much difference too.

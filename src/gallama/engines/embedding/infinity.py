@@ -25,7 +25,7 @@ from infinity_emb import AsyncEmbeddingEngine, EngineArgs  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from gallama.engines.base import EngineOverloaded  # noqa: E402
-from gallama.engines.embedding_base import EmbeddingInput, l2_normalize  # noqa: E402
+from gallama.engines.embedding.base import EmbeddingInput, l2_normalize  # noqa: E402
 
 for _name in ("infinity_emb", "sentence_transformers"):  # one INFO line per load step otherwise
     logging.getLogger(_name).setLevel(logging.WARNING)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from gallama.bundled_models import DEFAULT_EMBEDDING_MODEL, BundledModelMissing, locate
-from gallama.engines.embedding_base import EmbeddingEngine, EmbeddingInput, l2_normalize
+from gallama.engines.embedding.base import EmbeddingEngine, EmbeddingInput, l2_normalize
 from gallama.protocol.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -133,11 +133,11 @@ def load_embedding_model(spec: "ModelSpec") -> ServedEmbeddingModel:
     path = Path(spec.model_id)
     threads = spec.threads or default_threads()
     if path.suffix == ".gguf":
-        from gallama.engines.embedding_llama_cpp import LlamaCppEmbeddingEngine
+        from gallama.engines.embedding.llama_cpp import LlamaCppEmbeddingEngine
 
         engine = LlamaCppEmbeddingEngine(str(path), n_threads=threads, gpus=spec.gpus)
     else:
-        from gallama.engines.embedding_infinity import InfinityEmbeddingEngine
+        from gallama.engines.embedding.infinity import InfinityEmbeddingEngine
 
         engine = InfinityEmbeddingEngine(str(path), n_threads=threads, gpus=spec.gpus)
     return ServedEmbeddingModel(name=spec.model_name or path.stem, engine=engine)

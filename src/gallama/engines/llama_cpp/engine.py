@@ -29,18 +29,18 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 
 from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
 from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
-from gallama.engines.draft_model import DraftModel
-from gallama.engines.llama_cpp_setup import (
+from gallama.engines.llama_cpp.draft_model import DraftModel
+from gallama.engines.llama_cpp.setup import (
     copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus, save_sequence,
     token_pieces,
 )
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
 from gallama.engines.prefix import common_prefix_length, starts_with
-from gallama.engines.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
+from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
-from gallama.engines.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
-from gallama.engines.token_batch import TokenBatch
+from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
+from gallama.engines.llama_cpp.batch import TokenBatch
 
 log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter

@@ -10,8 +10,8 @@ from typing import Any
 from gallama.agentic.chat_template import CHATML_TEMPLATE, ChatTemplate
 from gallama.agentic.constraints import ConstraintCompiler
 from gallama.agentic.tool_formats import ToolCallFormat, detect_format
-from gallama.engines.llama_cpp_engine import LlamaCppEngine
-from gallama.router.model_metrics import ModelMetrics
+from gallama.engines.llama_cpp.engine import LlamaCppEngine
+from gallama.serving.model_metrics import ModelMetrics
 
 
 @dataclass
