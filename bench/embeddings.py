@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from gallama.bundled_models import DEFAULT_EMBEDDING_MODEL, locate  # noqa: E402
-from gallama.serving.served_embedding_model import default_threads  # noqa: E402
+from gallama.engines.embedding.backend import default_threads  # noqa: E402
 
 MODEL = DEFAULT_EMBEDDING_MODEL.name
 WORDS = (

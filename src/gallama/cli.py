@@ -17,10 +17,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL
 from gallama.config import (
-    VALID_KEYS, ModelSpec, SpecError, ensure_config, load_config, parse_spec_string, resolve,
+    VALID_KEYS, ModelSpec, SpecError, default_embedding_specs, ensure_config, load_config, parse_spec_string, resolve,
 )
 from gallama.protocol.errors import APIError
-from gallama.serving.served_embedding_model import default_embedding_specs
 from gallama.server.graceful import GracefulServer
 
 app = typer.Typer(help="gallama: an OpenAI-compatible local LLM server for agentic work.", no_args_is_help=True)

@@ -10,15 +10,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gallama.bundled_models import DEFAULT_CHAT_MODEL, BundledModelMissing, locate
+from gallama.bundled_models import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, BundledModelMissing, locate
+from gallama.engines.backend import UnsupportedSpec
+from gallama.engines.embedding.backend import infinity_available
+from gallama.engines.registry import BACKEND_NAMES, backend_named
 
 CONFIG_FILE = "model_config.yaml"
-DEFAULT_MAX_SEQUENCES = 8
 CacheQuant = Literal["FP16", "Q8", "Q6", "Q4"]
-Backend = Literal["llama_cpp", "embedding", "exllama", "transformers"]
-# Backends named in the spec format that this gallama has no engine for: the package they would need.
-UNSUPPORTED_BACKENDS = {"exllama": "exllamav2", "transformers": "transformers"}
-AVAILABLE_BACKENDS = ("llama_cpp", "embedding")
+BackendName = Literal[BACKEND_NAMES]
 
 
 class SpecError(ValueError):
@@ -47,7 +46,7 @@ class ModelSpec(BaseModel):
     model_id: str = Field(min_length=1)
     model_name: str | None = Field(default=None, min_length=1)
     model_type: Literal["llm", "embedding"] | None = None
-    backend: Backend | None = None
+    backend: BackendName | None = None
     gpus: list[float] | None = None
     cache_size: int | None = Field(default=None, gt=0)
     cache_quant: CacheQuant | None = None  # the K and V cache type
@@ -226,60 +225,6 @@ def _locate(model_id: str) -> tuple[Path, str | None, str]:
     )
 
 
-def _check_backend(spec: ModelSpec) -> None:
-    if spec.backend in UNSUPPORTED_BACKENDS:
-        raise SpecError(
-            f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
-            f"(it would need the package '{UNSUPPORTED_BACKENDS[spec.backend]}'); the backends this install has: "
-            f"{', '.join(AVAILABLE_BACKENDS)} (a GGUF file with backend=llama_cpp)"
-        )
-    _check_speculation(spec)
-    _check_cache_types(spec)
-    if spec.backend in ("llama_cpp", "embedding"):
-        for key in ("gpus", "draft_gpus"):
-            _check_gpus(key, getattr(spec, key), spec)
-
-
-DRAFT_MODEL_KEYS = ("draft_model_name", "draft_gpus", "draft_cache_size", "draft_cache_quant")
-
-
-def _check_speculation(spec: ModelSpec) -> None:
-    if (spec.draft_mode or spec.draft_model_id) and spec.backend != "llama_cpp":
-        raise SpecError(f"speculative decoding needs the llama_cpp backend, not {spec.backend}")
-    if spec.draft_mode and spec.draft_model_id:
-        raise SpecError("give either draft_model_id (a draft model) or draft_mode=ngram (prompt lookup), not both")
-    orphans = [key for key in DRAFT_MODEL_KEYS if getattr(spec, key) is not None]
-    if orphans and not spec.draft_model_id:
-        raise SpecError(f"{', '.join(orphans)} configure a draft model: give draft_model_id too")
-
-
-def _check_cache_types(spec: ModelSpec) -> None:
-    if spec.cache_quant_v and not spec.cache_quant:
-        raise SpecError("cache_quant_v sets the V cache's type apart from cache_quant's: give cache_quant too")
-    v_type = spec.cache_quant_v or spec.cache_quant
-    if spec.flash_attention is False and v_type not in (None, "FP16"):
-        raise SpecError(
-            f"llama.cpp quantizes the V cache only with flash attention: with flash_attention=false give "
-            f"cache_quant_v=FP16 (K alone as {spec.cache_quant}), or leave flash_attention out (on for a quantized V)"
-        )
-
-
-def _check_gpus(key: str, gpus: list[float] | None, spec: ModelSpec) -> None:
-    if not gpus or not any(gpus):
-        return
-    if spec.backend == "embedding" and not spec.model_id.endswith(".gguf"):
-        return  # torch, not llama.cpp, runs it: the worker checks that it sees a GPU
-    import llama_cpp  # only needed for this check
-
-    if not llama_cpp.llama_supports_gpu_offload():
-        raise SpecError(
-            f"'{key}' puts the model on GPUs, but the installed llama.cpp runs on CPUs only: install "
-            f"llama-cpp-python with CUDA (README, 'GPUs'), or leave out '{key}' or give 0"
-        )
-    if len(gpus) > llama_cpp.LLAMA_MAX_DEVICES:
-        raise SpecError(f"'{key}' lists {len(gpus)} GPUs; this llama.cpp takes at most {llama_cpp.LLAMA_MAX_DEVICES}")
-
-
 def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec]) -> str:
     """A draft model given as a config name, a GGUF file or folder, or the bundled model -> its GGUF path."""
     if draft_model_id in config:
@@ -291,26 +236,32 @@ def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec]) -> str:
 
 
 def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None) -> ModelSpec:
-    """A spec with model_id an absolute path and model_name, backend, model_type and max_sequences filled in.
+    """A spec with model_id an absolute path and model_name, backend, model_type and the backend's own
+    derived keys filled in, checked by its backend.
 
     Precedence: the spec's own keys, then the config entry its model_id names, then `defaults` (CLI flags).
+    A key the spec or its entry gives that the backend does not take is an error; a flag it does not take
+    is not its default.
     """
-    given = spec.model_dump(exclude_unset=True, exclude_none=True)
-    merged: dict[str, Any] = dict(defaults or {})
+    chosen = spec.model_dump(exclude_unset=True, exclude_none=True)
     default_name = None
     if spec.model_id in config:
         default_name = spec.model_id
-        merged.update(config[spec.model_id].model_dump(exclude_unset=True, exclude_none=True))
-        given.pop("model_id")
-    merged.update(given)
-    path, implied_backend, located_name = _locate(merged["model_id"])
+        chosen = {**config[spec.model_id].model_dump(exclude_unset=True, exclude_none=True),
+                  **{key: value for key, value in chosen.items() if key != "model_id"}}
+    path, implied_backend, located_name = _locate(chosen["model_id"])
+    name = chosen.get("backend") or ("embedding" if chosen.get("model_type") == "embedding" else implied_backend)
+    try:
+        backend = backend_named(name)
+        backend.refuse_foreign_keys(chosen)
+    except UnsupportedSpec as error:
+        raise SpecError(str(error)) from None
+    merged = {key: value for key, value in (defaults or {}).items() if key in backend.keys}
+    merged.update(chosen)
     merged["model_id"] = str(path)
     merged.setdefault("model_name", default_name or located_name)
-    if merged.get("model_type") == "embedding":
-        merged.setdefault("backend", "embedding")
-    merged.setdefault("backend", implied_backend)
-    merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
-    merged.setdefault("max_sequences", DEFAULT_MAX_SEQUENCES)
+    merged.setdefault("backend", name)
+    merged.setdefault("model_type", backend.kind)
     if merged.get("draft_model_id"):
         merged["draft_model_id"] = _locate_draft(merged["draft_model_id"], config)
     if merged.get("chat_template"):
@@ -319,20 +270,31 @@ def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, A
             raise SpecError(f"chat_template: no such file: {template}")
         merged["chat_template"] = str(template.resolve())
     resolved = spec_from_dict(merged, where=merged["model_name"])
-    _check_backend(resolved)
-    if resolved.backend == "llama_cpp" and resolved.model_type == "embedding":
-        raise SpecError("model_type=embedding needs backend=embedding")
-    return resolved.model_copy(update={"cache_size": kv_cache_tokens(resolved)})
+    if resolved.model_type != backend.kind:
+        raise SpecError(f"model_type={resolved.model_type} needs a backend for such models: "
+                        f"the {backend.name} backend serves {backend.kind} models")
+    try:
+        return backend.check(resolved)
+    except UnsupportedSpec as error:
+        raise SpecError(str(error)) from None
 
 
-def kv_cache_tokens(spec: ModelSpec) -> int | None:
-    """cache_size, or max_seq_len times the sequences that each get that much; both must agree."""
-    if spec.max_seq_len is None:
-        return spec.cache_size
-    wanted = spec.max_seq_len * (1 if spec.unified_kv else spec.max_sequences or DEFAULT_MAX_SEQUENCES)
-    if spec.cache_size is not None and spec.cache_size != wanted:
-        raise SpecError(
-            f"cache_size={spec.cache_size} does not give max_seq_len={spec.max_seq_len} to each of "
-            f"{spec.max_sequences} sequences (that needs cache_size={wanted}); give one of the two"
-        )
-    return wanted
+# -- what a plain `gallama serve` serves ---------------------------------------
+
+
+def default_embedding_model_available() -> bool:
+    """Whether `gallama serve` can serve the bundled all-MiniLM-L6-v2: the embedding extra is installed."""
+    if not infinity_available():
+        return False
+    try:
+        locate(DEFAULT_EMBEDDING_MODEL)
+    except BundledModelMissing:
+        return False
+    return True
+
+
+def default_embedding_specs() -> list[ModelSpec]:
+    """The bundled all-MiniLM-L6-v2 that a plain `gallama serve` adds, when the embedding extra is installed."""
+    if not default_embedding_model_available():
+        return []
+    return [ModelSpec(model_id=str(locate(DEFAULT_EMBEDDING_MODEL)), model_name=DEFAULT_EMBEDDING_MODEL.name)]

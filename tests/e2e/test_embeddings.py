@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, locate
-from gallama.serving.served_embedding_model import default_embedding_model_available
+from gallama.config import default_embedding_model_available
 from tests.conftest import DEFAULT_MODEL, start_server, stop_server
 
 MINILM = DEFAULT_EMBEDDING_MODEL.name

@@ -111,6 +111,10 @@ def test_add_model_conflicts_and_bad_specs(front, tmp_path):
     assert missing.status_code == 400 and "/no/such/model.gguf" in missing.json()["error"]["message"]
     unknown_key = front.post("/add_model", json=[{"model_id": DEFAULT_MODEL, "colour": "blue"}])
     assert unknown_key.status_code == 400 and "unknown key 'colour'" in unknown_key.json()["error"]["message"]
+    foreign = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "emb", "model_type": "embedding",
+                                             "cache_quant": "Q8"})
+    assert foreign.status_code == 400 and foreign.json()["error"]["code"] == "invalid_model_spec"
+    assert "the embedding backend does not take 'cache_quant'" in foreign.json()["error"]["message"]
     bad_value = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "q3", "cache_quant": "Q3"})
     assert bad_value.status_code == 400
     assert "bad value for 'cache_quant'" in bad_value.json()["error"]["message"] and "'Q4'" in bad_value.json()["error"]["message"]

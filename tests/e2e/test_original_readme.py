@@ -17,7 +17,7 @@ import requests
 from openai import OpenAI
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, locate
-from gallama.serving.served_embedding_model import default_embedding_model_available
+from gallama.config import default_embedding_model_available
 from tests.conftest import DEFAULT_MODEL, start_server, stop_server
 
 HAS_MINILM = default_embedding_model_available()

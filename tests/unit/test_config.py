@@ -9,9 +9,12 @@ import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL
 from gallama.config import (
-    DEFAULT_MAX_SEQUENCES, ModelSpec, SpecError, add_config_entry, config_path, ensure_config, load_config,
-    parse_spec_string, resolve,
+    VALID_KEYS, ModelSpec, SpecError, add_config_entry, config_path, ensure_config, load_config, parse_spec_string,
+    resolve,
 )
+from gallama.engines.backend import COMMON_KEYS
+from gallama.engines.llama_cpp.backend import DEFAULT_MAX_SEQUENCES
+from gallama.engines.registry import BACKENDS
 
 
 @pytest.fixture(autouse=True)
@@ -199,3 +202,38 @@ def test_a_quantized_v_cache_cannot_go_without_flash_attention(gguf):
     assert (spec.cache_quant, spec.cache_quant_v) == ("Q4", "FP16")
     with pytest.raises(SpecError, match="give cache_quant too"):
         resolve(parse_spec_string(f"model_id={gguf} cache_quant_v=Q8"), {})
+
+
+@pytest.mark.parametrize("extra, key", [
+    ({"cache_quant": "Q8"}, "cache_quant"),
+    ({"draft_mode": "ngram"}, "draft_mode"),
+    ({"request_timeout": 5}, "request_timeout"),
+    ({"chat_template": "/no/such/template.jinja"}, "chat_template"),
+])
+def test_a_key_the_backend_does_not_take_is_an_error_naming_key_and_backend(gguf, extra, key):
+    with pytest.raises(SpecError) as caught:
+        resolve(ModelSpec(model_id=str(gguf), model_type="embedding", **extra), {})
+    assert f"the embedding backend does not take '{key}'" in str(caught.value)
+    assert "its settings: gpus, threads" in str(caught.value)
+
+
+def test_a_config_entry_key_counts_as_given_but_a_flag_the_backend_does_not_take_is_dropped(gguf):
+    config = {"embedder": ModelSpec(model_id=str(gguf), model_type="embedding", cache_size=512)}
+    with pytest.raises(SpecError, match="the embedding backend does not take 'cache_size'"):
+        resolve(ModelSpec(model_id="embedder"), config)
+    flags = {"cache_size": 4096, "max_sequences": 2, "threads": 3, "request_timeout": 30.0}
+    spec = resolve(ModelSpec(model_id=str(gguf), model_type="embedding"), {}, defaults=flags)
+    assert (spec.backend, spec.threads, spec.cache_size, spec.max_sequences, spec.request_timeout) == (
+        "embedding", 3, None, None, None)
+    chat = resolve(ModelSpec(model_id=str(gguf)), {}, defaults=flags)
+    assert (chat.cache_size, chat.max_sequences, chat.request_timeout) == (4096, 2, 30.0)
+
+
+def test_every_backend_key_is_a_spec_key_and_every_spec_key_has_a_backend():
+    taken = set(COMMON_KEYS).union(*(backend.keys for backend in BACKENDS.values()))
+    assert taken == set(VALID_KEYS)
+
+
+def test_model_type_and_backend_must_agree(gguf):
+    with pytest.raises(SpecError, match="model_type=embedding needs a backend for such models: the llama_cpp backend"):
+        resolve(ModelSpec(model_id=str(gguf), model_type="embedding", backend="llama_cpp"), {})

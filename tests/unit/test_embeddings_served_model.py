@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gallama.engines.base import EngineCounters
 from gallama.protocol.errors import InvalidRequest
 from gallama.serving.registry import ModelRegistry
 from gallama.serving.served_embedding_model import ServedEmbeddingModel
@@ -31,8 +32,8 @@ class FakeEngine:
         self.embedded.append(list(items))
         return np.array([[len(item), 1, 1, 1] for item in items], dtype=np.float32)
 
-    running_sequences = 0
-    queue_depth = 0
+    def counters(self):
+        return EngineCounters(queue_depth=0, running_sequences=0)
 
     def close(self):
         pass
@@ -104,7 +105,7 @@ def test_registry_lookups_by_kind():
 
 def test_plain_serve_adds_the_default_embedding_model_only_without_ids():
     from gallama.cli import _cli_specs
-    from gallama.serving.served_embedding_model import default_embedding_model_available
+    from gallama.config import default_embedding_model_available
 
     plain = [(spec.model_id, spec.model_name) for spec in _cli_specs(None, None, [])]
     assert plain[0] == ("SmolLM2-135M-Instruct", None)

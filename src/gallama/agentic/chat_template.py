@@ -1,6 +1,6 @@
 """Hugging Face style Jinja chat templates, rendered in a sandbox.
 
-The template comes from the GGUF metadata (`tokenizer.chat_template`) unless the
+The template is the model's own (its engine's `chat_template`) unless the
 model spec overrides it. Rendering happens in jinja2's immutable sandbox, so a
 template can neither touch the file system nor mutate Python objects.
 """

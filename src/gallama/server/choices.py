@@ -78,7 +78,7 @@ class ChoiceRun:
             self._waiting = None
 
     async def pieces(self) -> AsyncIterator[Piece]:
-        engine, metrics = self.model.engine, self.model.metrics
+        metrics = self.model.metrics
         utf8 = Utf8Stream()
         cutter = StopStringCutter(self.spec.stops, keep_stop=self.spec.keep_stop)
         waiting: list[TokenEvent] = []
@@ -95,8 +95,7 @@ class ChoiceRun:
                 if event.finish_reason is not None:
                     self.drafted, self.accepted = event.drafted, event.accepted
                 waiting.append(event)
-                eog = engine.is_end_of_generation(event.token)
-                text += cutter.feed("" if eog else utf8.feed(engine.token_bytes(event.token)))
+                text += cutter.feed(utf8.feed(event.piece))
                 if cutter.matched is not None:
                     yield Piece(text, waiting, "stop", cutter.matched)
                     return

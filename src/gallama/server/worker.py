@@ -20,7 +20,7 @@ import uvicorn
 
 from gallama.config import ModelSpec
 from gallama.protocol.errors import ServerShuttingDown
-from gallama.serving.loading import load_served, memory_facts
+from gallama.serving.loading import load_served
 from gallama.serving.registry import ModelRegistry
 from gallama.server.app import create_app
 from gallama.server.graceful import GracefulServer
@@ -65,7 +65,7 @@ def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | No
         "pid": os.getpid(),
         "load_s": round(time.perf_counter() - started, 2),
         "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        **memory_facts(served),
+        **served.engine.facts().as_dict(),
     })
     app = create_app(registry, ResponsesStore(responses_store) if responses_store else None)
     if handover_fd is not None:  # the front hands streamed requests' sockets over this channel

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from gallama.bundled_models import DEFAULT_EMBEDDING_MODEL, BundledModelMissing, locate
 from gallama.engines.embedding.base import EmbeddingEngine, EmbeddingInput, l2_normalize
 from gallama.protocol.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from gallama.config import ModelSpec
-
-# What the sentence-transformers backend needs (the `embedding` extra).
-INFINITY_MODULES = ("infinity_emb", "torch", "sentence_transformers")
 
 
 @dataclass
@@ -97,47 +87,3 @@ class ServedEmbeddingModel:
 
     def close(self) -> None:
         self.engine.close()
-
-
-def default_embedding_model_available() -> bool:
-    """Whether `gallama serve` can serve the bundled all-MiniLM-L6-v2: the embedding extra is installed."""
-    if any(importlib.util.find_spec(module) is None for module in INFINITY_MODULES):
-        return False
-    try:
-        locate(DEFAULT_EMBEDDING_MODEL)
-    except BundledModelMissing:
-        return False
-    return True
-
-
-def default_embedding_specs() -> list["ModelSpec"]:
-    """The bundled all-MiniLM-L6-v2 that a plain `gallama serve` adds, when the embedding extra is installed."""
-    if not default_embedding_model_available():
-        return []
-    from gallama.config import ModelSpec
-
-    return [ModelSpec(model_id=str(locate(DEFAULT_EMBEDDING_MODEL)), model_name=DEFAULT_EMBEDDING_MODEL.name)]
-
-
-def default_threads() -> int:
-    """All cores but one, which is left to the HTTP side (tokenizing, JSON, the front).
-
-    A forward pass waits on its slowest thread: on a busy 2-core machine one
-    sentence took 950 ms with 2 torch threads and 30 ms with 1.
-    """
-    return max(1, (os.cpu_count() or 1) - 1)
-
-
-def load_embedding_model(spec: "ModelSpec") -> ServedEmbeddingModel:
-    """A GGUF file embeds through llama.cpp (pooled); a sentence-transformers folder through Infinity."""
-    path = Path(spec.model_id)
-    threads = spec.threads or default_threads()
-    if path.suffix == ".gguf":
-        from gallama.engines.embedding.llama_cpp import LlamaCppEmbeddingEngine
-
-        engine = LlamaCppEmbeddingEngine(str(path), n_threads=threads, gpus=spec.gpus)
-    else:
-        from gallama.engines.embedding.infinity import InfinityEmbeddingEngine
-
-        engine = InfinityEmbeddingEngine(str(path), n_threads=threads, gpus=spec.gpus)
-    return ServedEmbeddingModel(name=spec.model_name or path.stem, engine=engine)

@@ -10,14 +10,14 @@ from typing import Any
 from gallama.agentic.chat_template import CHATML_TEMPLATE, ChatTemplate
 from gallama.agentic.constraints import ConstraintCompiler
 from gallama.agentic.tool_formats import ToolCallFormat, detect_format
-from gallama.engines.llama_cpp.engine import LlamaCppEngine
+from gallama.engines.base import Engine
 from gallama.serving.model_metrics import ModelMetrics
 
 
 @dataclass
 class ServedModel:
     name: str
-    engine: LlamaCppEngine
+    engine: Engine
     template: ChatTemplate
     request_timeout: float | None = None  # seconds a choice may take, queue wait included
     created: int = field(default_factory=lambda: int(time.time()))
@@ -35,14 +35,14 @@ class ServedModel:
 
     @classmethod
     def from_engine(
-        cls, name: str, engine: LlamaCppEngine, template_override: str | None = None, request_timeout: float | None = None
+        cls, name: str, engine: Engine, template_override: str | None = None, request_timeout: float | None = None
     ) -> "ServedModel":
-        metadata = engine.metadata()
-        source = template_override or metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        source = template_override or engine.chat_template or CHATML_TEMPLATE
+        special = engine.special_tokens
         template = ChatTemplate(
             source,
-            bos_token=engine.token_text(engine.bos_token_id) if engine.bos_token_id >= 0 else "",
-            eos_token=engine.token_text(engine.eos_token_id) if engine.eos_token_id >= 0 else "",
+            bos_token=engine.token_text(special.bos) if special.bos is not None else "",
+            eos_token=engine.token_text(special.eos) if special.eos is not None else "",
         )
         return cls(name=name, engine=engine, template=template, request_timeout=request_timeout)
 
@@ -61,15 +61,10 @@ class ServedModel:
         model wants one and the text did not start with it.
         """
         tokens = self.engine.tokenize(text, add_special=False, parse_special=True)
-        bos = self.engine.bos_token_id
-        if self.wants_bos and bos >= 0 and (not tokens or tokens[0] != bos):
-            tokens.insert(0, bos)
+        special = self.engine.special_tokens
+        if special.add_bos and special.bos is not None and (not tokens or tokens[0] != special.bos):
+            tokens.insert(0, special.bos)
         return tokens
-
-    @cached_property
-    def wants_bos(self) -> bool:
-        # Read once rather than walking the GGUF metadata through ctypes for every prompt.
-        return self.engine.metadata().get("tokenizer.ggml.add_bos_token", "false") == "true"
 
     def render_chat(self, messages: list[dict[str, Any]], **template_vars: Any) -> str:
         return self.template.render(messages, add_generation_prompt=True, **template_vars)

@@ -11,11 +11,12 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from gallama.engines.base import EngineCounters, ModelFacts
+
 EmbeddingInput = str | list[int]
 
 
 class EmbeddingEngine(Protocol):
-    model_path: str
     context_length: int  # the most tokens one input may have, special tokens included
     dimensions: int
     vocab_size: int
@@ -30,11 +31,9 @@ class EmbeddingEngine(Protocol):
         """One L2-normalised float32 row per input."""
         ...
 
-    @property
-    def running_sequences(self) -> int: ...
+    def facts(self) -> ModelFacts: ...
 
-    @property
-    def queue_depth(self) -> int: ...
+    def counters(self) -> EngineCounters: ...
 
     def close(self) -> None: ...
 

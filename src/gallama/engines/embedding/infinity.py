@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from infinity_emb import AsyncEmbeddingEngine, EngineArgs  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from gallama.engines.base import EngineOverloaded  # noqa: E402
+from gallama.engines.base import EngineCounters, EngineOverloaded, ModelFacts  # noqa: E402
 from gallama.engines.embedding.base import EmbeddingInput, l2_normalize  # noqa: E402
 
 for _name in ("infinity_emb", "sentence_transformers"):  # one INFO line per load step otherwise
@@ -44,6 +44,8 @@ def _max_seq_length(folder: Path, tokenizer) -> int:
 
 
 class InfinityEmbeddingEngine:
+    """An `EmbeddingEngine` (gallama.engines.embedding.base) on Infinity's torch engine."""
+
     def __init__(self, model_path: str, *, n_threads: int | None = None, batch_size: int = BATCH_SIZE,
                  gpus: list[float] | None = None):
         self.model_path = model_path
@@ -111,13 +113,12 @@ class InfinityEmbeddingEngine:
             self._in_flight -= len(texts)
         return l2_normalize(np.stack(vectors))
 
-    @property
-    def running_sequences(self) -> int:
-        return self._in_flight
+    def facts(self) -> ModelFacts:
+        return ModelFacts(context_length=self.context_length)
 
-    @property
-    def queue_depth(self) -> int:
-        return 0  # Infinity queues inside its batcher; running_sequences counts those inputs
+    def counters(self) -> EngineCounters:
+        # Infinity queues inside its batcher: the inputs in flight count as running, none as queued.
+        return EngineCounters(queue_depth=0, running_sequences=self._in_flight)
 
     def close(self) -> None:
         self._call(self._engine.astop())

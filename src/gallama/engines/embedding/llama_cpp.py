@@ -21,7 +21,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-from gallama.engines.base import EngineOverloaded
+from gallama.engines.base import EngineCounters, EngineError, EngineOverloaded, ModelFacts
 from gallama.engines.embedding.base import EmbeddingInput, l2_normalize
 from gallama.engines.llama_cpp.setup import load_model, plan_gpus
 
@@ -31,10 +31,6 @@ logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's loa
 MAX_BATCH_TOKENS = 1024  # tokens in one decode: also the longest input
 MAX_BATCH_SEQUENCES = 32
 MAX_QUEUED_INPUTS = 8192  # beyond this a request is turned away (429) rather than queued
-
-
-class EmbeddingEngineError(RuntimeError):
-    """llama.cpp failed to embed; the request cannot be completed."""
 
 
 @dataclass
@@ -55,6 +51,8 @@ class _Batch:
 
 
 class LlamaCppEmbeddingEngine:
+    """An `EmbeddingEngine` (gallama.engines.embedding.base) on llama.cpp."""
+
     def __init__(self, model_path: str, *, n_threads: int | None = None, gpus: list[float] | None = None):
         self.model_path = model_path
         self._model = load_model(model_path, plan_gpus(model_path, gpus, MAX_BATCH_TOKENS))
@@ -105,9 +103,8 @@ class LlamaCppEmbeddingEngine:
     def truncate(self, item: EmbeddingInput, max_tokens: int) -> EmbeddingInput:
         return self.tokens_of(item)[:max_tokens]
 
-    @property
-    def load_stats(self) -> dict[str, int]:
-        return {"parameters": self._model.n_params(), "size_bytes": self._model.size()}
+    def facts(self) -> ModelFacts:
+        return ModelFacts(context_length=self.context_length, weights_bytes=self._model.size())
 
     # -- requests ----------------------------------------------------------
 
@@ -132,21 +129,19 @@ class LlamaCppEmbeddingEngine:
         job = _Job(token_lists, done, np.zeros((len(token_lists), self.dimensions), dtype=np.float32))
         with self._lock:
             if self._closed:
-                raise EmbeddingEngineError("the engine is shut down")
-            if self.queue_depth + len(token_lists) > MAX_QUEUED_INPUTS:
+                raise EngineError("the engine is shut down")
+            if self._queued_inputs() + len(token_lists) > MAX_QUEUED_INPUTS:
                 raise EngineOverloaded()
             self._jobs.append(job)
             self._lock.notify()
         return l2_normalize(await result)
 
-    @property
-    def queue_depth(self) -> int:
+    def _queued_inputs(self) -> int:
         """Inputs waiting for a decode."""
         return sum(len(job.token_lists) - job.next_item for job in self._jobs)
 
-    @property
-    def running_sequences(self) -> int:
-        return self._running
+    def counters(self) -> EngineCounters:
+        return EngineCounters(queue_depth=self._queued_inputs(), running_sequences=self._running)
 
     def close(self) -> None:
         with self._lock:
@@ -179,7 +174,7 @@ class LlamaCppEmbeddingEngine:
                     self._lock.wait()
                 if self._closed:
                     for job in self._jobs:
-                        job.done(EmbeddingEngineError("the server is shutting down"))
+                        job.done(EngineError("the server is shutting down"))
                     return
                 batch = self._next_batch()
                 self._running = len(batch.items)
@@ -191,7 +186,7 @@ class LlamaCppEmbeddingEngine:
                 with self._lock:
                     self._jobs = deque(j for j in self._jobs if id(j) not in failed)
                 for job in failed.values():
-                    job.done(EmbeddingEngineError(f"embedding failed: {error}"))
+                    job.done(EngineError(f"embedding failed: {error}"))
             finally:
                 self._running = 0
 
@@ -211,11 +206,11 @@ class LlamaCppEmbeddingEngine:
         llama_batch.n_tokens = n
         status = llama_cpp.llama_decode(self._ctx.ctx, llama_batch)
         if status != 0:
-            raise EmbeddingEngineError(f"llama_decode returned {status}")
+            raise EngineError(f"llama_decode returned {status}")
         for seq_id, (job, index) in enumerate(batch.items):
             pointer = llama_cpp.llama_get_embeddings_seq(self._ctx.ctx, seq_id)
             if not pointer:
-                raise EmbeddingEngineError("llama.cpp returned no pooled embedding")
+                raise EngineError("llama.cpp returned no pooled embedding")
             job.rows[index] = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.dimensions,))
             job.filled += 1
         with self._lock:

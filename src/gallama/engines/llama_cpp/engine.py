@@ -27,20 +27,23 @@ import llguidance.numpy
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
+from gallama.engines.base import (
+    EngineCounters, EngineError, EngineOverloaded, GenerationRequest, ModelFacts, SpecialTokens, TokenEvent,
+)
 from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
+from gallama.engines.llama_cpp.batch import TokenBatch
 from gallama.engines.llama_cpp.draft_model import DraftModel
+from gallama.engines.llama_cpp.gpu_split import describe_placement
+from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
 from gallama.engines.llama_cpp.setup import (
     copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus, save_sequence,
     token_pieces,
 )
+from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
 from gallama.engines.ngram import NgramDrafter
 from gallama.engines.outbox import Outbox
 from gallama.engines.prefix import common_prefix_length, starts_with
-from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
-from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
-from gallama.engines.llama_cpp.batch import TokenBatch
 
 log = logging.getLogger(__name__)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
@@ -50,10 +53,6 @@ DEFAULT_SEQUENCE_CONTEXT = 4096
 # other kernels, and the prompt's cache and first token would depend on how it was chunked
 # (see slot_choice.DECODED_PROMPT_TAIL).
 MIN_PROMPT_CHUNK = 2
-
-
-class EngineError(RuntimeError):
-    """The engine failed while decoding; the request cannot be completed."""
 
 
 @dataclass
@@ -82,8 +81,8 @@ class _Sequence:
     reused: int = 0  # prompt tokens found in the KV cache
 
 
-class TokenStream:
-    """The tokens of one queued request; `cancel` frees its slot at the next step."""
+class SequenceStream:
+    """The tokens of one queued request (a `TokenStream`); `cancel` frees its slot at the next step."""
 
     def __init__(self, engine: "LlamaCppEngine", sequence: _Sequence, events: asyncio.Queue):
         self._engine = engine
@@ -91,7 +90,7 @@ class TokenStream:
         self._events = events
         self._done = False
 
-    def __aiter__(self) -> "TokenStream":
+    def __aiter__(self) -> "SequenceStream":
         return self
 
     async def __anext__(self) -> TokenEvent:
@@ -120,6 +119,8 @@ class TokenStream:
 
 
 class LlamaCppEngine:
+    """An `Engine` (gallama.engines.base) on llama.cpp."""
+
     def __init__(
         self,
         model_path: str,
@@ -162,6 +163,13 @@ class LlamaCppEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self.vocab_size = self._model.n_vocab()
         self._pieces = token_pieces(self._model, special=False)
+        metadata = self._model.metadata()
+        self.chat_template = metadata.get("tokenizer.chat_template")
+        bos, eos = self._model.token_bos(), self._model.token_eos()
+        self.special_tokens = SpecialTokens(
+            bos=bos if bos >= 0 else None, eos=eos if eos >= 0 else None,
+            add_bos=metadata.get("tokenizer.ggml.add_bos_token", "false") == "true",
+        )
 
         threads = n_threads or os.cpu_count() or 1
         per_sequence = min(self._model.n_ctx_train(), DEFAULT_SEQUENCE_CONTEXT)
@@ -172,7 +180,7 @@ class LlamaCppEngine:
             on_gpu=self.placement is not None,
         )
         # What the load line reports: the cache's types and whether flash attention runs.
-        self.kv_description = describe_kv(cache_quant, cache_quant_v, flash_attention_for(
+        self._kv_description = describe_kv(cache_quant, cache_quant_v, flash_attention_for(
             flash_attention, cache_quant_v or cache_quant, self.placement is not None))
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
@@ -206,6 +214,9 @@ class LlamaCppEngine:
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self._pieces[token] for token in tokens).decode("utf-8", errors="replace")
+
     def token_bytes(self, token: int) -> bytes:
         """The token's bytes as output text; control tokens are empty."""
         return self._pieces[token]
@@ -222,17 +233,6 @@ class LlamaCppEngine:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
-    def metadata(self) -> dict[str, str]:
-        return self._model.metadata()
-
-    @property
-    def bos_token_id(self) -> int:
-        return self._model.token_bos()
-
-    @property
-    def eos_token_id(self) -> int:
-        return self._model.token_eos()
-
     @cached_property
     def constraint_tokenizer(self) -> llguidance.LLTokenizer:
         """llguidance's view of this vocabulary (built once; takes about a second)."""
@@ -242,13 +242,15 @@ class LlamaCppEngine:
             warnings.simplefilter("ignore", DeprecationWarning)
             return lltokenizer_from_vocab(self._vocab, eos_token=eog or None)
 
-    @property
-    def load_stats(self) -> dict[str, int]:
-        return {"parameters": self._model.n_params(), "size_bytes": self._model.size()}
+    def facts(self) -> ModelFacts:
+        return ModelFacts(
+            context_length=self.context_length, weights_bytes=self._model.size(), cache_size=self.cache_size,
+            kv_description=self._kv_description, placement=describe_placement(self.placement),
+        )
 
     # -- requests ----------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> "TokenStream":
+    def generate(self, request: GenerationRequest) -> SequenceStream:
         """Queues the request now (raising EngineOverloaded if the queue is full)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
@@ -265,7 +267,7 @@ class LlamaCppEngine:
             acceptance=AcceptanceRate(prior=self._recent_acceptance.value) if self.draft_mode else None,
         )
         self._submit(sequence)
-        return TokenStream(self, sequence, events)
+        return SequenceStream(self, sequence, events)
 
     def _cancel(self, sequence: _Sequence) -> None:
         with self._lock:
@@ -283,13 +285,11 @@ class LlamaCppEngine:
             self._waiting.append(sequence)
             self._lock.notify()
 
-    @property
-    def queue_depth(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def running_sequences(self) -> int:
-        return len(self._running)
+    def counters(self) -> EngineCounters:
+        return EngineCounters(
+            queue_depth=len(self._waiting), running_sequences=len(self._running), drafted=self.drafted_total,
+            accepted=self.accepted_total, forced=self.forced_total,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -589,12 +589,13 @@ class LlamaCppEngine:
         sequence.generated += 1
         if sequence.drafter is not None:
             sequence.drafter.append(token)
-        event = TokenEvent(token=token, cached_prompt_tokens=sequence.reused if sequence.generated == 1 else 0)
+        finished = self.is_end_of_generation(token)
+        event = TokenEvent(token=token, piece=b"" if finished else self._pieces[token],
+                           cached_prompt_tokens=sequence.reused if sequence.generated == 1 else 0)
         if request.top_logprobs is not None:
             logprobs = log_softmax(logits)
             event.logprob = float(logprobs[token])
             event.top_logprobs = top_logprobs(logprobs, request.top_logprobs)
-        finished = self.is_end_of_generation(token)
         if request.constraint is not None and not finished:
             if not request.constraint.consume_token(token):
                 self._fail(sequence, EngineError(f"the constraint rejected a token: {request.constraint.get_error()}"))

@@ -37,7 +37,7 @@ def leading_tokens(model: ServedModel, body: CompletionRequest) -> list[int]:
 def prompt_text(model: ServedModel, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
-    return b"".join(model.engine.token_bytes(t) for t in prompt).decode("utf-8", errors="replace")
+    return model.engine.detokenize(prompt)
 
 
 @router.post("/v1/completions")

@@ -33,13 +33,11 @@ async def retrieve_model(model_id: str, request: Request):
 
 @router.get("/health")
 async def health(request: Request):
-    return {
-        "status": "ok",
-        "models": [
-            {"id": m.name, "running": m.engine.running_sequences, "queued": m.engine.queue_depth}
-            for m in request.app.state.registry.all()
-        ],
-    }
+    models = []
+    for model in request.app.state.registry.all():
+        counters = model.engine.counters()
+        models.append({"id": model.name, "running": counters.running_sequences, "queued": counters.queue_depth})
+    return {"status": "ok", "models": models}
 
 
 class TokenizeRequest(StrictModel):
@@ -64,5 +62,4 @@ async def detokenize(body: DetokenizeRequest, request: Request):
     model: ServedModel = request.app.state.registry.get(body.model)
     if any(not 0 <= t < model.engine.vocab_size for t in body.tokens):
         raise InvalidRequest(f"token ids must lie in [0, {model.engine.vocab_size})", param="tokens")
-    text = b"".join(model.engine.token_bytes(t) for t in body.tokens).decode("utf-8", errors="replace")
-    return {"content": text}
+    return {"content": model.engine.detokenize(body.tokens)}
