@@ -1,4 +1,4 @@
-from gallama.agentic.text_stream import StopStringCutter, Utf8Stream
+from gallama.agentic.text_stream import StopStringCutter, Utf8Stream, partial_suffix
 
 
 def feed_all(cutter, pieces):
@@ -44,3 +44,11 @@ def test_utf8_split_character_waits():
     assert stream.feed(data[1:3]) == "é"
     assert stream.feed(data[3:]) == "€"
     assert stream.flush() == ""
+
+
+def test_partial_suffix_holds_back_only_what_could_begin_a_tag():
+    assert partial_suffix("thinking <ste", ["<step>", "</step>"]) == 4
+    assert partial_suffix("thinking </", ["<step>", "</step>"]) == 2
+    assert partial_suffix("done <step>", ["<step>"]) == 0  # a whole tag is not held
+    assert partial_suffix("a < b", ["<step>"]) == 0
+    assert partial_suffix("", ["<step>"]) == 0

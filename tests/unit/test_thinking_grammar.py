@@ -12,3 +12,8 @@ def test_each_element_gets_a_share_of_the_budget():
     assert "tag_text[max_tokens=100]" in grammar
     assert f"tag_text[max_tokens={MIN_ELEMENT_TOKENS}]" in template.grammar(10)
     assert llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("lark", grammar)) == ""  # no errors
+
+
+def test_tags_are_every_element_opening_and_closing():
+    template = ThinkingTemplate.parse("<thinking><step>first</step><!-- more steps --><answer>a</answer></thinking>")
+    assert template.tags() == ["<answer>", "</answer>", "<step>", "</step>", "<thinking>", "</thinking>"]

@@ -61,11 +61,6 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as error:
             raise TemplateError(f"the chat template does not compile: {error}") from error
 
-    @property
-    def renders_tools(self) -> bool:
-        """Whether the template itself knows how to render a `tools` list."""
-        return "tools" in self.source
-
     def render(
         self,
         messages: list[dict[str, Any]],

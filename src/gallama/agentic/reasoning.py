@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gallama.agentic.text_stream import partial_suffix
+
 
 @dataclass(frozen=True)
 class ReasoningTags:
@@ -38,7 +40,7 @@ class ReasoningSplitter:
                 reasoning, self._held = self._held[:end], self._held[end + len(self.tags.close):].lstrip("\n")
                 self._state = "content"
             else:
-                keep = _partial_suffix(self._held, self.tags.close)
+                keep = partial_suffix(self._held, [self.tags.close])
                 reasoning, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep:]
                 return reasoning, ""
         if self._state == "content":
@@ -48,11 +50,3 @@ class ReasoningSplitter:
     def flush(self) -> tuple[str, str]:
         held, self._held = self._held, ""
         return (held, "") if self._state == "reasoning" else ("", held)
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of text that could begin the tag."""
-    for length in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:length]):
-            return length
-    return 0

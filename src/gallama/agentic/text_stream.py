@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 import codecs
+from typing import Iterable
+
+
+def partial_suffix(text: str, tags: Iterable[str]) -> int:
+    """The length of the longest end of `text` that begins one of `tags` without being all of it: what a
+    stream holds back until the text after it says whether the tag follows."""
+    longest = 0
+    for tag in tags:
+        for length in range(min(len(tag) - 1, len(text)), longest, -1):
+            if text.endswith(tag[:length]):
+                longest = length
+                break
+    return longest
 
 
 class Utf8Stream:
@@ -45,12 +58,7 @@ class StopStringCutter:
             self.matched = stop
             self._held = ""
             return buffer[: index + len(stop)] if self.keep_stop else buffer[:index]
-        hold = 0
-        for stop in self.stops:
-            for length in range(min(len(stop) - 1, len(buffer)), hold, -1):
-                if buffer.endswith(stop[:length]):
-                    hold = length
-                    break
+        hold = partial_suffix(buffer, self.stops)
         self._held = buffer[len(buffer) - hold :] if hold else ""
         return buffer[: len(buffer) - hold]
 

@@ -40,6 +40,11 @@ class ThinkingTemplate:
             raise ThinkingTemplateError("thinking_template has no elements")
         return cls(source=source.strip(), root=root)
 
+    def tags(self) -> list[str]:
+        """The opening and closing tag of every element."""
+        names = sorted({element.tag for element in self.root.iter() if isinstance(element.tag, str)})
+        return [tag for name in names for tag in (f"<{name}>", f"</{name}>")]
+
     def leaf_count(self) -> int:
         return sum(1 for element in self.root.iter() if isinstance(element.tag, str) and not any(
             isinstance(child.tag, str) for child in element))

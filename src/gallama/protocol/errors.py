@@ -2,41 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
+
+from gallama.engines.base import EngineOverloaded
 
 ANTHROPIC_PATHS = ("/v1/messages",)
+RESPONSES_PATH = "/v1/responses"
 # Anthropic's error types by status (docs.anthropic.com, "Errors").
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                    404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+# OpenAI's error types that are not invalid_request_error (a 4xx) or server_error (a 5xx).
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 def speaks_anthropic(path: str) -> bool:
     return path.startswith(ANTHROPIC_PATHS)
 
 
-def envelope(path: str, status: int, message: str, *, kind: str | None = None, param: str | None = None,
-             code: str | None = None) -> dict[str, Any]:
-    """The error body for a request to `path`: Anthropic's `{"type": "error", ...}` on its routes, else OpenAI's."""
-    if speaks_anthropic(path):
-        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
-    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 class APIError(Exception):
-    status_code = 400
-    error_type = "invalid_request_error"
+    """An error a client gets; `status` overrides the class's status (an HTTP layer's 404, 405, 401, 413...)."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None):
+    status_code = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None,
+                 status: int | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
         self.headers = headers or {}
+        if status is not None:
+            self.status_code = status
+
+    @property
+    def error_type(self) -> str:
+        return OPENAI_TYPES.get(self.status_code) or ("invalid_request_error" if self.status_code < 500 else "server_error")
 
     def body(self, path: str = "") -> dict[str, Any]:
-        return envelope(path, self.status_code, self.message, kind=self.error_type, param=self.param, code=self.code)
+        """The error body for a request to `path`: Anthropic's `{"type": "error", ...}` on its routes, else OpenAI's."""
+        if speaks_anthropic(path):
+            return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(self.status_code, "api_error"),
+                                               "message": self.message}}
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def stream_event(self, path: str) -> dict[str, Any]:
+        """The event that ends a named-event stream on `path` with this error (Messages, Responses)."""
+        if path.startswith(RESPONSES_PATH):
+            return {"type": "error", "code": self.code, "message": self.message, "param": self.param}
+        return self.body(path)
+
+
+def as_api_error(error: Exception) -> APIError | None:
+    """What an exception means to the client: itself, a 429 for a full engine queue; None: a fault of the server."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, EngineOverloaded):
+        return RateLimited(str(error), error.retry_after_s)
+    return None
 
 
 class InvalidRequest(APIError):
@@ -60,7 +83,6 @@ class ContextLengthExceeded(APIError):
 
 class RateLimited(APIError):
     status_code = 429
-    error_type = "rate_limit_error"
 
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message, code="rate_limit_exceeded", headers={"Retry-After": str(retry_after_s)})
@@ -68,12 +90,18 @@ class RateLimited(APIError):
 
 class ServiceUnavailable(APIError):
     status_code = 503
-    error_type = "server_error"
 
 
 class ServerFailed(APIError):
     status_code = 500
-    error_type = "server_error"
+
+
+def check_token_ids(tokens: Iterable[int], vocab_size: int, param: str, where: str | None = None) -> None:
+    """Token ids a client sends must name tokens of the model (a negative one would count from the end)."""
+    outside = next((token for token in tokens if not 0 <= token < vocab_size), None)
+    if outside is not None:
+        raise InvalidRequest(f"{where or param} has token id {outside}, outside the vocabulary "
+                             f"(ids 0 to {vocab_size - 1})", param=param)
 
 
 def unsupported_parameter(name: str, why: str = "is not supported by this server") -> InvalidRequest:

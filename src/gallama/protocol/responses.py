@@ -35,6 +35,14 @@ def usage(prompt_tokens: int, completion_tokens: int, runs=()) -> dict:
     return result
 
 
+def model_card(name: str, created: int, context_length: int | None, **extra: Any) -> dict[str, Any]:
+    """A model as /v1/models lists it (a worker's own, or the front's with its instances and status)."""
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "gallama"}
+    if context_length is not None:
+        card["context_length"] = context_length
+    return {**card, **extra}
+
+
 class ResponseHeader:
     """The fields every object and chunk of one response share."""
 

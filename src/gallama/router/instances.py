@@ -13,6 +13,7 @@ from typing import Callable
 import httpx
 
 from gallama.config import ModelSpec
+from gallama.protocol.responses import model_card
 from gallama.router.handover import HandoverChannel
 
 log = logging.getLogger("gallama")
@@ -181,10 +182,8 @@ class ModelGroup:
 
     def card(self) -> dict:
         facts = next((i.facts for i in self.instances if i.facts), {})
-        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "gallama"}
-        if "context_length" in facts:
-            card["context_length"] = facts["context_length"]
-        return {**card, "instances": len(self.instances), "status": self.status}
+        return model_card(self.name, self.created, facts.get("context_length"), instances=len(self.instances),
+                          status=self.status)
 
     async def start(self, on_ready: Callable[[], None] = lambda: None) -> None:
         async def start_one(instance: WorkerInstance) -> None:

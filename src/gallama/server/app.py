@@ -12,7 +12,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gallama import __version__
-from gallama.protocol.errors import APIError, envelope
+from gallama.engines.base import EngineOverloaded
+from gallama.protocol.errors import APIError, InvalidRequest, ServerFailed, as_api_error
 from gallama.serving.registry import ModelRegistry
 from gallama.server.responses_store import ResponsesStore
 from gallama.server.routes import chat, completions, embeddings, messages, models, responses
@@ -20,8 +21,8 @@ from gallama.server.routes import chat, completions, embeddings, messages, model
 log = logging.getLogger(__name__)
 
 
-def _error(request: Request, status: int, message: str, *, param: str | None = None, code: str | None = None):
-    return JSONResponse(status_code=status, content=envelope(request.url.path, status, message, param=param, code=code))
+def _respond(request: Request, error: APIError) -> JSONResponse:
+    return JSONResponse(status_code=error.status_code, content=error.body(request.url.path), headers=error.headers)
 
 
 def _validation_message(error: dict) -> tuple[str, str | None]:
@@ -37,11 +38,16 @@ def _validation_message(error: dict) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error as an OpenAI error object; shared by the single-model app and the multi-model front."""
+    """Every error as the API's error object; shared by the single-model app and the multi-model front."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
-        return JSONResponse(status_code=error.status_code, content=error.body(request.url.path), headers=error.headers)
+        return _respond(request, error)
+
+    @app.exception_handler(EngineOverloaded)
+    async def full_queue(request: Request, error: EngineOverloaded):
+        # Raised before any output: a stream that meets a full queue later ends with the same error as an event.
+        return _respond(request, as_api_error(error))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
@@ -49,22 +55,22 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return _error(request, 400, message, param=param)
+        return _respond(request, InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
         code = "not_found" if error.status_code == 404 else None
-        return _error(request, error.status_code, str(error.detail), code=code)
+        return _respond(request, APIError(str(error.detail), code=code, status=error.status_code))
 
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, error: RecursionError):
         # Only a client's absurdly nested JSON recurses this deep.
-        return _error(request, 400, "The request body is nested too deeply.", code="nesting_too_deep")
+        return _respond(request, InvalidRequest("The request body is nested too deeply.", code="nesting_too_deep"))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception):
         log.exception("unhandled error")
-        return _error(request, 500, f"internal error: {type(error).__name__}")
+        return _respond(request, ServerFailed(f"internal error: {type(error).__name__}"))
 
 
 def create_app(registry: ModelRegistry, responses_store: ResponsesStore | None = None) -> FastAPI:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from functools import partial
+from typing import AsyncIterator, Callable, TypeVar
 
 from gallama.agentic.text_stream import StopStringCutter, Utf8Stream
-from gallama.engines.base import EngineOverloaded, GenerationRequest, TokenEvent
-from gallama.protocol.errors import RateLimited, RequestTimedOut
+from gallama.engines.base import GenerationRequest, TokenEvent
+from gallama.protocol.errors import RequestTimedOut
 from gallama.serving.served_model import ServedModel
 
 
@@ -114,17 +115,24 @@ class ChoiceRun:
             self.cancel()
 
 
-def start_choices(model: ServedModel, specs: list[ChoiceSpec]) -> list[ChoiceRun]:
-    """Queues every choice, or none: a full queue is a 429 before any output."""
-    runs: list[ChoiceRun] = []
+Run = TypeVar("Run")
+
+
+def queue_all(starts: list[Callable[[], Run]]) -> list[Run]:
+    """Starts every run, or none: a full queue (EngineOverloaded, a 429) before any output cancels those started."""
+    runs: list = []
     try:
-        for spec in specs:
-            runs.append(ChoiceRun(model, spec))
-    except EngineOverloaded as error:
+        for start in starts:
+            runs.append(start())
+    except BaseException:
         for run in runs:
             run.cancel()
-        raise RateLimited(str(error), error.retry_after_s) from error
+        raise
     return runs
+
+
+def start_choices(model: ServedModel, specs: list[ChoiceSpec]) -> list[ChoiceRun]:
+    return queue_all([partial(ChoiceRun, model, spec) for spec in specs])
 
 
 async def merge_choices(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gallama.protocol.errors import envelope
+from gallama.protocol.errors import APIError
 from gallama.server.handover import HANDED_OVER_STATUS
 
 log = logging.getLogger("gallama.requests")
@@ -163,8 +163,7 @@ class Guard:
 
     @staticmethod
     async def _error(send, path: str, status: int, message: str, code: str):
-        kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
-        body = json.dumps(envelope(path, status, message, kind=kind, code=code)).encode()
+        body = json.dumps(APIError(message, code=code, status=status).body(path)).encode()
         await Guard._plain(send, body, "application/json", status)
 
     @staticmethod

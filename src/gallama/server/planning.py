@@ -10,21 +10,15 @@ from gallama.agentic import constraints
 from gallama.agentic.constraints import ConstraintError
 from gallama.agentic.schema_check import SchemaCheck, SchemaCheckError, check_for
 from gallama.engines.base import GenerationRequest, SamplingParams
-from gallama.protocol.errors import ContextLengthExceeded, InvalidRequest
+from gallama.protocol.errors import ContextLengthExceeded, InvalidRequest, check_token_ids
 from gallama.protocol.requests import SamplingFields
 from gallama.serving.served_model import ServedModel
 from gallama.server.choices import ChoiceSpec
 
 
 def sampling_params(body: SamplingFields, vocab_size: int, seed: int | None) -> SamplingParams:
-    bias: dict[int, float] = {}
-    for key, value in (body.logit_bias or {}).items():
-        token = int(key)
-        if token >= vocab_size:
-            raise InvalidRequest(
-                f"logit_bias names token {token}, but the vocabulary has {vocab_size} tokens", param="logit_bias"
-            )
-        bias[token] = value
+    bias = {int(key): value for key, value in (body.logit_bias or {}).items()}
+    check_token_ids(bias, vocab_size, "logit_bias")
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,

@@ -12,14 +12,13 @@ from typing import Any, AsyncIterator
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
-from gallama.protocol.errors import APIError, ServerFailed, speaks_anthropic
+from gallama.protocol.errors import APIError, ServerFailed, as_api_error
 from gallama.server.choices import ChoiceRun
 from gallama.server.handover import handed_over
 
 log = logging.getLogger(__name__)
 
 OPENAI_STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
-RESPONSES_PATH = "/v1/responses"
 
 
 def _event(payload: dict[str, Any] | str) -> str:
@@ -31,13 +30,20 @@ def named_event(payload: dict[str, Any]) -> str:
     return f"event: {payload['type']}\n{_event(payload)}"
 
 
-def error_frames(path: str, error: "APIError") -> str:
+def error_frames(path: str, error: APIError) -> str:
     """How a stream on `path` ends with an error: the API's own error event."""
-    if speaks_anthropic(path):
-        return named_event(error.body(path))
-    if path.startswith(RESPONSES_PATH):
-        return named_event({"type": "error", "code": error.code, "message": error.message, "param": error.param})
-    return _event(error.body()) + _event("[DONE]")
+    if path.startswith(OPENAI_STREAM_PATHS):
+        return _event(error.body()) + _event("[DONE]")
+    return named_event(error.stream_event(path))
+
+
+def stream_error(error: Exception) -> APIError:
+    """What a stream that fails after its headers tells the client: the API error, else a server failure (logged)."""
+    known = as_api_error(error)
+    if known is None:
+        log.error("stream failed", exc_info=error)
+        known = ServerFailed(f"generation failed: {error}")
+    return known
 
 
 def _cancel(runs: list[ChoiceRun]) -> None:
@@ -50,13 +56,9 @@ async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], 
     try:
         async for chunk in chunks:
             yield frame(chunk)
-    except APIError as error:
+    except Exception as error:  # noqa: BLE001 (an engine failure mid-stream still ends the stream cleanly)
         # Headers are already sent; the error travels as an event, as the API's own streams carry it.
-        yield error_frames(path, error)
-        return
-    except Exception as error:  # an engine failure mid-stream still ends the stream cleanly
-        log.exception("stream failed")
-        yield error_frames(path, ServerFailed(f"generation failed: {error}"))
+        yield error_frames(path, stream_error(error))
         return
     finally:
         # Also reached when the client disconnects and the response task is cancelled.

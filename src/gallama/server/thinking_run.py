@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
+from gallama.agentic.text_stream import partial_suffix
 from gallama.agentic.thinking import close_open_tags
-from gallama.engines.base import EngineOverloaded
-from gallama.protocol.errors import RateLimited
 from gallama.serving.served_model import ServedModel
 from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece
 
@@ -20,8 +19,11 @@ class ReasoningPiece(Piece):
 class ThinkingRun:
     """Same interface as ChoiceRun. The answer's request is built once the thinking is known."""
 
-    def __init__(self, model: ServedModel, thinking: ChoiceSpec, answer_spec: Callable[[str], ChoiceSpec]):
+    def __init__(self, model: ServedModel, thinking: ChoiceSpec, answer_spec: Callable[[str], ChoiceSpec],
+                 tags: list[str]):
+        """tags: the thinking template's tags, which the thinking's pieces never cut in half."""
         self.model = model
+        self._tags = tags
         self._thinking = ChoiceRun(model, thinking)
         self._answer_spec = answer_spec
         self._answer: ChoiceRun | None = None
@@ -54,8 +56,8 @@ class ThinkingRun:
         async for piece in self._thinking.pieces():
             # A tag still being written is held back: a cut there would leave half a tag.
             held += piece.text
-            cut = held.rfind("<")
-            ready, held = (held[:cut], held[cut:]) if cut >= 0 and ">" not in held[cut:] else (held, "")
+            cut = len(held) - partial_suffix(held, self._tags)
+            ready, held = held[:cut], held[cut:]
             thought += ready
             finish = piece.finish_reason
             yield ReasoningPiece(ready, piece.events)
@@ -65,9 +67,6 @@ class ThinkingRun:
             held = close_open_tags(thought)
         thought += held
         yield ReasoningPiece(held)
-        try:
-            self._answer = ChoiceRun(self.model, self._answer_spec(thought), deadline=self._thinking.deadline)
-        except EngineOverloaded as error:
-            raise RateLimited(str(error), error.retry_after_s) from error
+        self._answer = ChoiceRun(self.model, self._answer_spec(thought), deadline=self._thinking.deadline)
         async for piece in self._answer.pieces():
             yield piece

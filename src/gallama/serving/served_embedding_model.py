@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from gallama.engines.embedding.base import EmbeddingEngine, EmbeddingInput, l2_normalize
-from gallama.protocol.errors import InvalidRequest
+from gallama.protocol.errors import InvalidRequest, check_token_ids
 
 
 @dataclass
@@ -37,11 +37,8 @@ class ServedEmbeddingModel:
         self.check_dimensions(dimensions)
         limit = self.token_limit(truncate_to)
         for index, item in enumerate(inputs):
-            if not isinstance(item, str) and any(not 0 <= t < self.engine.vocab_size for t in item):
-                raise InvalidRequest(
-                    f"input {index} has a token id outside the vocabulary of '{self.name}' (size {self.engine.vocab_size})",
-                    param="input",
-                )
+            if not isinstance(item, str):
+                check_token_ids(item, self.engine.vocab_size, "input", f"input {index}")
         items = list(inputs)
         counts = self.engine.count_tokens(items)
         for index, count in enumerate(counts):

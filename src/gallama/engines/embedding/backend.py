@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import TYPE_CHECKING
 
 from gallama.engines.backend import Backend
-from gallama.engines.llama_cpp.backend import check_gpus
+from gallama.engines.llama_cpp.backend import check_gpus, quiet_llama_cpp
 
 if TYPE_CHECKING:
     from gallama.config import ModelSpec
@@ -44,9 +45,16 @@ def default_threads() -> int:
 def load(spec: ModelSpec) -> EmbeddingEngine:
     threads = spec.threads or default_threads()
     if is_gguf(spec):
+        quiet_llama_cpp()
         from gallama.engines.embedding.llama_cpp import LlamaCppEmbeddingEngine
 
         return LlamaCppEmbeddingEngine(spec.model_id, n_threads=threads, gpus=spec.gpus)
+    # The model is a local folder: never reach for the hub, never send usage stats. Set before
+    # the import: these packages read them when they load.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("INFINITY_ANONYMOUS_USAGE_STATS", "0")
+    for name in ("infinity_emb", "sentence_transformers"):  # one INFO line per load step otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     from gallama.engines.embedding.infinity import InfinityEmbeddingEngine
 
     return InfinityEmbeddingEngine(spec.model_id, n_threads=threads, gpus=spec.gpus)

@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import threading
 from pathlib import Path
 from typing import Sequence
 
-# The model is a local folder: never reach for the hub, never send usage stats.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("INFINITY_ANONYMOUS_USAGE_STATS", "0")
+import numpy as np
+import torch
+from infinity_emb import AsyncEmbeddingEngine, EngineArgs
+from transformers import AutoTokenizer
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from infinity_emb import AsyncEmbeddingEngine, EngineArgs  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from gallama.engines.base import EngineCounters, EngineOverloaded, ModelFacts  # noqa: E402
-from gallama.engines.embedding.base import EmbeddingInput, l2_normalize  # noqa: E402
-
-for _name in ("infinity_emb", "sentence_transformers"):  # one INFO line per load step otherwise
-    logging.getLogger(_name).setLevel(logging.WARNING)
+from gallama.engines.base import EngineCounters, EngineOverloaded, ModelFacts
+from gallama.engines.embedding.base import EmbeddingInput, l2_normalize
 
 BATCH_SIZE = 32  # Infinity's default: inputs per forward pass
 

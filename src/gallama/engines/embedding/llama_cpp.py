@@ -26,7 +26,6 @@ from gallama.engines.embedding.base import EmbeddingInput, l2_normalize
 from gallama.engines.llama_cpp.setup import load_model, plan_gpus
 
 log = logging.getLogger(__name__)
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
 
 MAX_BATCH_TOKENS = 1024  # tokens in one decode: also the longest input
 MAX_BATCH_SEQUENCES = 32

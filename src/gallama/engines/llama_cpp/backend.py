@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from gallama.engines.backend import Backend, UnsupportedSpec
@@ -77,7 +78,13 @@ def kv_cache_tokens(spec: ModelSpec) -> int | None:
     return wanted
 
 
+def quiet_llama_cpp() -> None:
+    """Keeps llama.cpp's load chatter out of a worker's log (its warnings and errors stay)."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
 def load(spec: ModelSpec) -> LlamaCppEngine:
+    quiet_llama_cpp()
     from gallama.engines.llama_cpp.engine import LlamaCppEngine
     from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB
 

@@ -46,7 +46,6 @@ from gallama.engines.prefix import common_prefix_length, starts_with
 from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
 
 log = logging.getLogger(__name__)
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
 
 DEFAULT_SEQUENCE_CONTEXT = 4096
 # A prompt is fed in chunks of at least two tokens: llama.cpp computes a one-row chunk with

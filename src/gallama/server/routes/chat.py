@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -15,12 +16,11 @@ from gallama.agentic.schema_check import AnswerCheck
 from gallama.agentic.thinking import ThinkingTemplate, ThinkingTemplateError
 from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
 from gallama.agentic.tools import ToolPlan, ToolRequestError, plan_tools
-from gallama.engines.base import EngineOverloaded
-from gallama.protocol.errors import AnswerInvalid, InvalidRequest, RateLimited
+from gallama.protocol.errors import AnswerInvalid, InvalidRequest
 from gallama.protocol.requests import ChatCompletionRequest, ChatMessage
 from gallama.protocol.responses import ResponseHeader, chat_logprobs, usage
 from gallama.serving.served_model import ServedModel
-from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece, merge_choices, start_choices
+from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece, merge_choices, queue_all, start_choices
 from gallama.server.planning import (
     choice_spec,
     choice_specs,
@@ -204,15 +204,8 @@ def start_thinking(
             )
         return build
 
-    runs: list[ThinkingRun] = []
-    try:
-        for index, spec in enumerate(thinking_specs):
-            runs.append(ThinkingRun(model, spec, answer_spec(index)))
-    except EngineOverloaded as error:
-        for run in runs:
-            run.cancel()
-        raise RateLimited(str(error), error.retry_after_s) from error
-    return runs
+    tags = template.tags()
+    return queue_all([partial(ThinkingRun, model, spec, answer_spec(index), tags) for index, spec in enumerate(thinking_specs)])
 
 
 @dataclass

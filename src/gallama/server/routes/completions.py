@@ -6,7 +6,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from gallama.protocol.errors import InvalidRequest
+from gallama.protocol.errors import InvalidRequest, check_token_ids
 from gallama.protocol.requests import CompletionRequest
 from gallama.protocol.responses import CompletionLogprobs, ResponseHeader, usage
 from gallama.serving.served_model import ServedModel
@@ -22,8 +22,7 @@ def prompt_tokens_of(model: ServedModel, prompt: str | list[int]) -> list[int]:
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         return model.tokenize_prompt(prompt)
-    if any(not 0 <= t < model.engine.vocab_size for t in prompt):
-        raise InvalidRequest(f"prompt has a token id outside the vocabulary (size {model.engine.vocab_size})", param="prompt")
+    check_token_ids(prompt, model.engine.vocab_size, "prompt")
     return list(prompt)
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gallama.engines.base import EngineOverloaded
 from gallama.protocol.embeddings import EmbeddingRequest, encode_vector
-from gallama.protocol.errors import RateLimited
 
 router = APIRouter()
 
@@ -14,10 +12,7 @@ router = APIRouter()
 @router.post("/v1/embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request):
     model = request.app.state.registry.get_embedding(body.model)
-    try:
-        result = await model.embed(body.inputs(), truncate_to=body.truncate_prompt_tokens, dimensions=body.dimensions)
-    except EngineOverloaded as error:
-        raise RateLimited(str(error), error.retry_after_s) from error
+    result = await model.embed(body.inputs(), truncate_to=body.truncate_prompt_tokens, dimensions=body.dimensions)
     data = [
         {"object": "embedding", "index": i, "embedding": encode_vector(vector, body.encoding_format)}
         for i, vector in enumerate(result.vectors)

@@ -4,31 +4,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gallama.protocol.errors import InvalidRequest
+from gallama.protocol.errors import check_token_ids
 from gallama.protocol.requests import StrictModel
+from gallama.protocol.responses import model_card
 from gallama.serving.served_model import ServedModel
 
 router = APIRouter()
 
 
-def model_card(model: ServedModel) -> dict:
-    return {
-        "id": model.name,
-        "object": "model",
-        "created": model.created,
-        "owned_by": "gallama",
-        "context_length": model.engine.context_length,
-    }
+def card(model: ServedModel) -> dict:
+    return model_card(model.name, model.created, model.engine.context_length)
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [model_card(m) for m in request.app.state.registry.all()]}
+    return {"object": "list", "data": [card(m) for m in request.app.state.registry.all()]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request):
-    return model_card(request.app.state.registry.find(model_id))
+    return card(request.app.state.registry.find(model_id))
 
 
 @router.get("/health")
@@ -60,6 +55,5 @@ async def tokenize(body: TokenizeRequest, request: Request):
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
     model: ServedModel = request.app.state.registry.get(body.model)
-    if any(not 0 <= t < model.engine.vocab_size for t in body.tokens):
-        raise InvalidRequest(f"token ids must lie in [0, {model.engine.vocab_size})", param="tokens")
+    check_token_ids(body.tokens, model.engine.vocab_size, "tokens")
     return {"content": model.engine.detokenize(body.tokens)}

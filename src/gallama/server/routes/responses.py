@@ -8,14 +8,14 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from gallama.protocol.errors import APIError, ContextLengthExceeded, ResponseNotFound, ServerFailed
+from gallama.protocol.errors import ContextLengthExceeded, ResponseNotFound
 from gallama.protocol.responses_api import (
     EventStream, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
 )
 from gallama.serving.served_model import ServedModel
 from gallama.server.responses_store import ResponsesStore
 from gallama.server.routes.chat import complete, start_chat, stream_chunks
-from gallama.server.sse import sse_response
+from gallama.server.sse import sse_response, stream_error
 
 router = APIRouter()
 log = logging.getLogger("gallama")
@@ -90,13 +90,8 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], events: EventStre
         async for chunk in chunks:
             for event in events.feed(chunk):
                 yield event
-    except APIError as error:
-        for event in events.fail(error):
-            yield event
-        return
     except Exception as error:  # noqa: BLE001 (an engine failure still ends the stream as the API ends it)
-        log.exception("responses stream failed")
-        for event in events.fail(ServerFailed(f"generation failed: {error}")):
+        for event in events.fail(stream_error(error)):
             yield event
         return
     finished = events.finish()
