@@ -8,7 +8,8 @@ from gallama.agentic.schema_check import AnswerCheck, SchemaCheck
 from gallama.protocol.errors import AnswerInvalid
 from gallama.protocol.responses import ResponseHeader
 from gallama.server.choices import Piece
-from gallama.server.routes.chat import ChoiceOutput, complete
+from gallama.server.chat_answer import ChoiceOutput
+from gallama.server.routes.chat import complete
 from gallama.server.verification import ANSWER_TRIES, Verification
 
 UNIQUE = SchemaCheck({"type": "array", "uniqueItems": True})

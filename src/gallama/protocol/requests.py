@@ -81,6 +81,22 @@ class ChatMessage(StrictModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def template_entry(self) -> dict[str, Any]:
+        """The message as chat templates read it (Hugging Face's keys)."""
+        # Few templates know the developer role; it means what system meant before it.
+        role = {"developer": "system", "function": "tool"}.get(self.role, self.role)
+        entry: dict[str, Any] = {"role": role, "content": self.text()}
+        if self.name is not None:
+            entry["name"] = self.name
+        if self.tool_call_id is not None:
+            entry["tool_call_id"] = self.tool_call_id
+        calls = [call.model_dump() for call in self.tool_calls or []]
+        if self.function_call is not None:
+            calls = [{"id": "call_0", "type": "function", "function": self.function_call.model_dump()}]
+        if calls:
+            entry["tool_calls"] = calls
+        return entry
+
 
 class FunctionDefinition(StrictModel):
     name: str = Field(pattern=TOOL_NAME_PATTERN)

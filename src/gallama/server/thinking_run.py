@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import AsyncIterator, Callable
 
 from gallama.agentic.text_stream import partial_suffix
-from gallama.agentic.thinking import close_open_tags
+from gallama.agentic.thinking import ThinkingTemplate, ThinkingTemplateError, close_open_tags
+from gallama.protocol.errors import InvalidRequest
+from gallama.protocol.requests import ChatCompletionRequest
+from gallama.server.chat_plan import ChatPlan, chat_prompt_text
+from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece, queue_all
+from gallama.server.planning import choice_spec, choice_specs, constraint_grammar, output_budget
 from gallama.serving.served_model import ServedModel
-from gallama.server.choices import ChoiceRun, ChoiceSpec, Piece
+
+DEFAULT_THINKING_TOKENS = 512
 
 
 @dataclass
@@ -70,3 +77,30 @@ class ThinkingRun:
         self._answer = ChoiceRun(self.model, self._answer_spec(thought), deadline=self._thinking.deadline)
         async for piece in self._answer.pieces():
             yield piece
+
+
+def start_thinking(model: ServedModel, body: ChatCompletionRequest, plan: ChatPlan) -> list[ThinkingRun]:
+    """Each choice thinks under the template's grammar, then answers after its own thinking."""
+    try:
+        template = ThinkingTemplate.parse(body.thinking_template)
+    except ThinkingTemplateError as error:
+        raise InvalidRequest(str(error), param="thinking_template") from error
+    thinking_tokens = model.tokenize_prompt(chat_prompt_text(model, body, plan.tools, note=template.instruction()))
+    budget = body.thinking_max_tokens or DEFAULT_THINKING_TOKENS
+    output_budget(model, thinking_tokens, budget, "thinking_max_tokens")
+    # The answer's prompt will hold the thinking too: check the worst case now, not mid-answer.
+    answer_limit = body.output_limit()
+    output_budget(model, plan.prompt_tokens, budget + (answer_limit or 1), "thinking_max_tokens")
+    thinking_grammar = constraint_grammar(model, body, grammar_override=template.grammar(budget), param="thinking_template")
+    thinking_specs = choice_specs(model, body, thinking_tokens, budget, None, [], grammar=thinking_grammar)
+
+    def answer_spec(index: int):
+        def build(thought: str) -> ChoiceSpec:
+            tokens = model.tokenize_prompt(plan.prompt_text + thought + "\n\n" + (body.leading_prompt or ""))
+            limit = output_budget(model, tokens, answer_limit, "max_tokens")
+            return choice_spec(model, body, index, tokens, limit, plan.top_logprobs, body.stop_list(),
+                               body.return_stop_word, plan.grammar)
+        return build
+
+    tags = template.tags()
+    return queue_all([partial(ThinkingRun, model, spec, answer_spec(index), tags) for index, spec in enumerate(thinking_specs)])

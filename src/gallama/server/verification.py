@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 from gallama.agentic.schema_check import AnswerCheck
 
 if TYPE_CHECKING:
-    from gallama.server.routes.chat import ChoiceOutput
+    from gallama.server.chat_answer import ChoiceOutput
 
 # Tries per choice, the first included: each retry costs a whole answer's tokens.
 ANSWER_TRIES = 4

@@ -21,7 +21,8 @@ from gallama.protocol.anthropic import ContentBlock, CountTokensRequest, Message
 from gallama.protocol.errors import InvalidRequest
 from gallama.protocol.requests import ChatCompletionRequest
 from gallama.serving.served_model import ServedModel
-from gallama.server.routes.chat import ChatStart, chat_prompt_text, complete, start_chat, stream_chunks, tool_plan
+from gallama.server.chat_plan import chat_prompt_text, tool_plan
+from gallama.server.routes.chat import ChatStart, complete, start_chat, stream_chunks
 from gallama.server.sse import sse_response
 
 router = APIRouter()
