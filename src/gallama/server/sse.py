@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
-from gallama.protocol.errors import APIError, ServerFailed, as_api_error
+from gallama.protocol.errors import RESPONSES_PATH, APIError, ServerFailed, as_api_error, speaks_anthropic
 from gallama.server.choices import ChoiceRun
 from gallama.server.handover import handed_over
 
@@ -32,9 +32,9 @@ def named_event(payload: dict[str, Any]) -> str:
 
 def error_frames(path: str, error: APIError) -> str:
     """How a stream on `path` ends with an error: the API's own error event."""
-    if path.startswith(OPENAI_STREAM_PATHS):
-        return _event(error.body()) + _event("[DONE]")
-    return named_event(error.stream_event(path))
+    if speaks_anthropic(path) or path.startswith(RESPONSES_PATH):
+        return named_event(error.stream_event(path))
+    return _event(error.body()) + _event("[DONE]")
 
 
 def stream_error(error: Exception) -> APIError:
