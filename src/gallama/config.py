@@ -274,9 +274,11 @@ def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, A
         raise SpecError(f"model_type={resolved.model_type} needs a backend for such models: "
                         f"the {backend.name} backend serves {backend.kind} models")
     try:
-        return backend.check(resolved)
+        resolved = backend.check(resolved)
+        backend.check_devices(resolved)
     except UnsupportedSpec as error:
         raise SpecError(str(error)) from None
+    return resolved
 
 
 # -- what a plain `gallama serve` serves ---------------------------------------

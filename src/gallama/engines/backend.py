@@ -23,6 +23,8 @@ class Backend:
     keys: frozenset[str]  # the spec keys it takes besides COMMON_KEYS
     # Checks a resolved spec's values and fills in what follows from them; raises UnsupportedSpec.
     check: Callable[["ModelSpec"], "ModelSpec"]
+    # Whether this machine's build can run the spec (its GPUs); raises UnsupportedSpec.
+    check_devices: Callable[["ModelSpec"], None]
     # Loads the model (in a worker): an Engine for kind "llm", an EmbeddingEngine for kind "embedding".
     load: Callable[["ModelSpec"], Any]
 

@@ -24,9 +24,12 @@ def is_gguf(spec: ModelSpec) -> bool:
 
 
 def check(spec: ModelSpec) -> ModelSpec:
+    return spec
+
+
+def check_devices(spec: ModelSpec) -> None:
     if is_gguf(spec):
         check_gpus("gpus", spec.gpus)  # torch, not llama.cpp, runs a folder: its engine checks that it sees a GPU
-    return spec
 
 
 def infinity_available() -> bool:
@@ -60,4 +63,4 @@ def load(spec: ModelSpec) -> EmbeddingEngine:
     return InfinityEmbeddingEngine(spec.model_id, n_threads=threads, gpus=spec.gpus)
 
 
-EMBEDDING = Backend(name="embedding", kind="embedding", keys=KEYS, check=check, load=load)
+EMBEDDING = Backend(name="embedding", kind="embedding", keys=KEYS, check=check, check_devices=check_devices, load=load)

@@ -26,9 +26,12 @@ def check(spec: ModelSpec) -> ModelSpec:
         spec = spec.model_copy(update={"max_sequences": DEFAULT_MAX_SEQUENCES})
     _check_speculation(spec)
     _check_cache_types(spec)
+    return spec.model_copy(update={"cache_size": kv_cache_tokens(spec)})
+
+
+def check_devices(spec: ModelSpec) -> None:
     for key in ("gpus", "draft_gpus"):
         check_gpus(key, getattr(spec, key))
-    return spec.model_copy(update={"cache_size": kv_cache_tokens(spec)})
 
 
 def _check_speculation(spec: ModelSpec) -> None:
@@ -99,4 +102,4 @@ def load(spec: ModelSpec) -> LlamaCppEngine:
     )
 
 
-LLAMA_CPP = Backend(name="llama_cpp", kind="llm", keys=KEYS, check=check, load=load)
+LLAMA_CPP = Backend(name="llama_cpp", kind="llm", keys=KEYS, check=check, check_devices=check_devices, load=load)
