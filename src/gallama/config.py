@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, BundledModelMissing, locate
 
 CONFIG_FILE = "model_config.yaml"
+RAY_KEY = "ray"  # the config file's one key that is not a model: the Ray cluster to place instances on
 DEFAULT_MAX_SEQUENCES = 8
 CacheQuant = Literal["FP16", "Q8", "Q6", "Q4"]
 Backend = Literal["llama_cpp", "embedding", "exllama", "transformers"]
@@ -37,6 +38,23 @@ def _gpu_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part for part in value.split(",") if part.strip()]
     return value
+
+
+# Resources a spec asks of Ray in its own keys (threads, gpus); Ray refuses them as custom resource names.
+RAY_BUILTIN_RESOURCES = {"CPU": "threads", "GPU": "gpus", "memory": None, "object_store_memory": None}
+
+
+def _resource_map(value: Any) -> Any:
+    """`"name:amount,..."` -> {name: amount}; a mapping (YAML, JSON) passes as it is."""
+    if not isinstance(value, str):
+        return value
+    resources: dict[str, str] = {}
+    for part in filter(str.strip, value.split(",")):
+        name, sep, amount = part.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"'{part}' is not name:amount")
+        resources[name.strip()] = amount.strip()
+    return resources
 
 
 class ModelSpec(BaseModel):
@@ -71,17 +89,31 @@ class ModelSpec(BaseModel):
     draft_mode: Literal["ngram"] | None = None  # prompt-lookup speculative decoding, no draft model needed
     num_draft_tokens: int | None = Field(default=None, gt=0, le=16)
     request_timeout: float | None = Field(default=None, gt=0)  # seconds; a longer generation ends with an error
+    # Custom node resources a Ray-placed instance needs (serve --ray), e.g. the node that holds its files.
+    ray_resources: dict[str, float] | None = None
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
     # The original gallama's README spells them exLlama, Llama_cpp, fp16, q8: users copy those.
     _lower_names = field_validator("backend", "model_type", "draft_mode", mode="before")(_lower)
     _upper_quants = field_validator("cache_quant", "cache_quant_v", "draft_cache_quant", mode="before")(_upper)
+    _parse_resources = field_validator("ray_resources", mode="before")(_resource_map)
 
     @field_validator("gpus", "draft_gpus")
     @classmethod
     def _non_negative(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and any(gb < 0 for gb in value):
             raise ValueError("GB of VRAM per GPU cannot be negative")
+        return value
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, amount in (value or {}).items():
+            if name in RAY_BUILTIN_RESOURCES:
+                key = RAY_BUILTIN_RESOURCES[name]
+                raise ValueError(f"'{name}' is not a custom resource" + (f": give '{key}'" if key else ""))
+            if amount <= 0:
+                raise ValueError(f"the amount of '{name}' must be positive")
         return value
 
 
@@ -140,6 +172,8 @@ DEFAULT_CONFIG_TEXT = f"""\
 #   max_sequences: 8                  # requests decoded together in one batch
 #   cache_quant: FP16                 # FP16, Q8, Q6 (as Q8), Q4
 #   threads: 2                        # CPU threads
+#
+# ray: auto    # place every instance on a Ray cluster (as `serve --ray auto`); not a model name
 """
 
 
@@ -160,8 +194,7 @@ def ensure_config() -> Path:
     return path
 
 
-def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
-    path = path or config_path()
+def _read_config(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
@@ -170,7 +203,23 @@ def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
         raise SpecError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path} must map model names to specs")
+    return data
+
+
+def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
+    path = path or config_path()
+    data = _read_config(path)
+    data.pop(RAY_KEY, None)
     return {str(name): spec_from_dict(entry, where=f"{path}: {name}") for name, entry in data.items()}
+
+
+def configured_ray_address(path: Path | None = None) -> str | None:
+    """The config file's `ray: ADDRESS`, the default of `serve --ray`."""
+    path = path or config_path()
+    address = _read_config(path).get(RAY_KEY)
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise SpecError(f"{path}: '{RAY_KEY}' is the address of a Ray cluster (auto, or HOST:PORT), not {address!r}")
+    return address
 
 
 def add_config_entry(name: str, spec: ModelSpec, path: Path | None = None) -> Path:
@@ -200,33 +249,39 @@ def _is_sentence_transformers(folder: Path) -> bool:
     return (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file()
 
 
-def _locate(model_id: str) -> tuple[Path, str | None, str]:
-    """model_id -> (path, backend it implies or None, default model name)."""
+def _default_name(model_id: str) -> str:
+    if model_id.lower() == DEFAULT_CHAT_MODEL.name.lower():
+        return DEFAULT_CHAT_MODEL.name
+    path = Path(model_id)
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def _locate(model_id: str) -> tuple[Path, str | None]:
+    """model_id -> (path, backend it implies or None)."""
     if model_id.lower() == DEFAULT_CHAT_MODEL.name.lower():
         try:
-            return locate(DEFAULT_CHAT_MODEL), "llama_cpp", DEFAULT_CHAT_MODEL.name
+            return locate(DEFAULT_CHAT_MODEL), "llama_cpp"
         except BundledModelMissing as error:
             raise SpecError(str(error)) from None
     path = Path(model_id).expanduser()
-    name = path.stem if path.suffix == ".gguf" else path.name
     if path.is_file():
         if path.suffix != ".gguf":
             raise SpecError(f"{path} is not a GGUF file (the llama_cpp backend loads .gguf files)")
-        return path.resolve(), "llama_cpp", name
+        return path.resolve(), "llama_cpp"
     if path.is_dir():
         if _is_sentence_transformers(path):
-            return path.resolve(), "embedding", name
+            return path.resolve(), "embedding"
         gguf = _gguf_in_folder(path)
         if gguf is None:
             raise SpecError(f"{path} holds no GGUF file and no sentence-transformers model")
-        return gguf.resolve(), "llama_cpp", name
+        return gguf.resolve(), "llama_cpp"
     raise SpecError(
         f"model_id '{model_id}' is not a name in {config_path()}, a GGUF file, a model folder, "
         f"or the bundled {DEFAULT_CHAT_MODEL.name}"
     )
 
 
-def _check_backend(spec: ModelSpec) -> None:
+def _check_backend(spec: ModelSpec, check_gpus: bool = True) -> None:
     if spec.backend in UNSUPPORTED_BACKENDS:
         raise SpecError(
             f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
@@ -235,7 +290,7 @@ def _check_backend(spec: ModelSpec) -> None:
         )
     _check_speculation(spec)
     _check_cache_types(spec)
-    if spec.backend in ("llama_cpp", "embedding"):
+    if check_gpus and spec.backend in ("llama_cpp", "embedding"):
         for key in ("gpus", "draft_gpus"):
             _check_gpus(key, getattr(spec, key), spec)
 
@@ -280,20 +335,25 @@ def _check_gpus(key: str, gpus: list[float] | None, spec: ModelSpec) -> None:
         raise SpecError(f"'{key}' lists {len(gpus)} GPUs; this llama.cpp takes at most {llama_cpp.LLAMA_MAX_DEVICES}")
 
 
-def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec]) -> str:
+def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec], locate: bool = True) -> str:
     """A draft model given as a config name, a GGUF file or folder, or the bundled model -> its GGUF path."""
     if draft_model_id in config:
         draft_model_id = config[draft_model_id].model_id
-    path, backend, _ = _locate(draft_model_id)
+    if not locate:
+        return draft_model_id
+    path, backend = _locate(draft_model_id)
     if backend != "llama_cpp":
         raise SpecError(f"draft_model_id '{draft_model_id}' is not a GGUF model")
     return str(path)
 
 
-def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None) -> ModelSpec:
+def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None,
+            locate: bool = True) -> ModelSpec:
     """A spec with model_id an absolute path and model_name, backend, model_type and max_sequences filled in.
 
     Precedence: the spec's own keys, then the config entry its model_id names, then `defaults` (CLI flags).
+    locate=False leaves the files to the node that runs the instance (a Ray cluster's front): paths stay as
+    given, what the files imply stays unset, and that node resolves the spec again (gallama.router.ray_host).
     """
     given = spec.model_dump(exclude_unset=True, exclude_none=True)
     merged: dict[str, Any] = dict(defaults or {})
@@ -303,23 +363,31 @@ def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, A
         merged.update(config[spec.model_id].model_dump(exclude_unset=True, exclude_none=True))
         given.pop("model_id")
     merged.update(given)
-    path, implied_backend, located_name = _locate(merged["model_id"])
-    merged["model_id"] = str(path)
-    merged.setdefault("model_name", default_name or located_name)
+    merged.setdefault("model_name", default_name or _default_name(merged["model_id"]))
+    implied_backend = None
+    if locate:
+        path, implied_backend = _locate(merged["model_id"])
+        merged["model_id"] = str(path)
+    else:  # the node runs in another folder: a relative path is the front's
+        for key in ("model_id", "draft_model_id", "chat_template"):
+            if merged.get(key) and merged[key].lower() != DEFAULT_CHAT_MODEL.name.lower() and merged[key] not in config:
+                merged[key] = str(Path(merged[key]).expanduser().absolute())
     if merged.get("model_type") == "embedding":
         merged.setdefault("backend", "embedding")
-    merged.setdefault("backend", implied_backend)
-    merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
+    if implied_backend:
+        merged.setdefault("backend", implied_backend)
+    if merged.get("backend"):
+        merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
     merged.setdefault("max_sequences", DEFAULT_MAX_SEQUENCES)
     if merged.get("draft_model_id"):
-        merged["draft_model_id"] = _locate_draft(merged["draft_model_id"], config)
-    if merged.get("chat_template"):
+        merged["draft_model_id"] = _locate_draft(merged["draft_model_id"], config, locate)
+    if merged.get("chat_template") and locate:
         template = Path(merged["chat_template"]).expanduser()
         if not template.is_file():
             raise SpecError(f"chat_template: no such file: {template}")
         merged["chat_template"] = str(template.resolve())
     resolved = spec_from_dict(merged, where=merged["model_name"])
-    _check_backend(resolved)
+    _check_backend(resolved, check_gpus=locate)
     if resolved.backend == "llama_cpp" and resolved.model_type == "embedding":
         raise SpecError("model_type=embedding needs backend=embedding")
     return resolved.model_copy(update={"cache_size": kv_cache_tokens(resolved)})

@@ -67,8 +67,12 @@ def create_front(
     responses_store: ResponsesStore | None = None,
 ) -> FastAPI:
     # TCP_NODELAY: httpx writes headers and body separately, and Nagle plus delayed ACKs would hold the body 40 ms.
-    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None),
-                                         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    # Keepalive: a worker whose machine vanished (a Ray node) fails its requests in about 25 s instead of never.
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None), socket_options=[
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10), (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+    ])
     client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(None, connect=5.0))
 
     @asynccontextmanager
@@ -178,7 +182,8 @@ def create_front(
         specs = []
         for n, item in enumerate(items):
             try:
-                specs.append(resolve(spec_from_dict(item), config, spec_defaults))
+                # On a Ray cluster, the node that runs an instance finds its files.
+                specs.append(resolve(spec_from_dict(item), config, spec_defaults, locate=pool.cluster is None))
             except SpecError as error:
                 where = f"model {n + 1}: " if len(items) > 1 else ""
                 raise InvalidRequest(f"{where}{error}", param="model_id", code="invalid_model_spec") from None

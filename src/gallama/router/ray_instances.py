@@ -1,0 +1,141 @@
+"""`serve --ray`: model instances placed on a Ray cluster, each a Ray actor running the usual worker.
+
+Ray places each actor on a node with the resources its spec asks for (`threads` as CPUs, `gpus` as
+GPUs of one node, `ray_resources` as custom resources), and restarts it (elsewhere if its node is
+gone) when it dies. The front routes to its worker over the cluster's network as to a local one,
+relaying streams (a socket cannot be handed to another machine), with the cluster secret in every
+request (gallama.server.cluster_secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from gallama.config import ModelSpec
+from gallama.router.instances import STOP_GRACE_S, Instance, WorkerFailed, describe_load
+from gallama.router.ray_host import WorkerHost
+from gallama.server.cluster_secret import SECRET_HEADER
+
+log = logging.getLogger("gallama")
+
+UNAVAILABLE_RETRY_S = 0.5  # while Ray restarts an actor, calls to it fail at once: ask again after this
+
+
+def actor_options(spec: ModelSpec) -> dict:
+    """The resources Ray reserves for an instance: its threads as CPUs, its GPUs on one node, its custom resources."""
+    gpus = [gb for gb in spec.gpus or [] if gb]
+    # max_restarts=-1: Ray restarts a dead actor for as long as the front runs; max_task_retries=0: a call
+    # that a death cut short fails, and the front decides what to do.
+    options = {"num_cpus": spec.threads or 1, "max_restarts": -1, "max_task_retries": 0}
+    if gpus:
+        options["num_gpus"] = len(gpus)
+    if spec.ray_resources:
+        options["resources"] = dict(spec.ray_resources)
+    return options
+
+
+def node_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec as the node's worker reads it: Ray shows the actor only the GPUs it reserved, numbered from 0."""
+    if not spec.gpus:
+        return spec
+    return spec.model_copy(update={"gpus": [gb for gb in spec.gpus if gb]})
+
+
+def unplaceable(options: dict, nodes: list[dict]) -> str | None:
+    """Why no node of the cluster can ever hold an actor with these options (None when one can)."""
+    wanted = {"CPU": options["num_cpus"], "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
+    wanted = {name: amount for name, amount in wanted.items() if amount}
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+    if any(all(resources.get(name, 0) >= amount for name, amount in wanted.items()) for resources in alive):
+        return None
+    asked = ", ".join(f"{name}:{amount:g}" for name, amount in wanted.items())
+    have = "; ".join(", ".join(f"{name}:{amount:g}" for name, amount in sorted(resources.items())
+                               if not name.startswith("node:") and "memory" not in name) for resources in alive)
+    return f"no node of the Ray cluster has {asked} (its nodes have: {have or 'none'})"
+
+
+class RayCluster:
+    """The front's connection to the cluster, and the secret its workers require."""
+
+    def __init__(self, address: str):
+        # log_to_driver: the workers' log lines (a refused request, a load failure) reach the front's log.
+        ray.init(address=address, namespace="gallama", logging_level=logging.WARNING, log_to_driver=True)
+        self.address = address
+        self.secret = secrets.token_urlsafe(32)
+        self.host_class = ray.remote(WorkerHost)
+
+    def instance(self, spec: ModelSpec, index: int, log_level: str, responses_store: str | None) -> "RayInstance":
+        return RayInstance(spec, index, self, log_level, responses_store)
+
+    def close(self) -> None:
+        ray.shutdown()
+
+
+class RayInstance(Instance):
+    """An instance whose worker runs under a Ray actor, on whichever node Ray placed it."""
+
+    def __init__(self, spec: ModelSpec, index: int, cluster: RayCluster, log_level: str, responses_store: str | None):
+        super().__init__(spec, index)
+        self.cluster = cluster
+        self.log_level = log_level
+        self.responses_store = responses_store
+        self.headers = {SECRET_HEADER: cluster.secret}
+        self.node = {"id": None, "address": None}
+        self.actor = None
+
+    @property
+    def location(self) -> str:
+        return f"Ray node {self.node['address']} ({(self.node['id'] or '')[:12]}), port {self.port}"
+
+    async def start(self) -> None:
+        if self.actor is None:
+            options = actor_options(self.spec)
+            reason = unplaceable(options, await asyncio.to_thread(ray.nodes))
+            if reason:
+                raise WorkerFailed(reason)
+            self.actor = self.cluster.host_class.options(**options).remote()
+        spec_json = node_spec(self.spec).model_dump_json()
+        while True:
+            try:
+                facts = await self.actor.start.remote(spec_json, self.cluster.secret, self.log_level, self.responses_store)
+                break
+            except ActorUnavailableError:  # Ray is restarting the actor (its node died): it takes calls again soon
+                await asyncio.sleep(UNAVAILABLE_RETRY_S)
+            except RayActorError as error:
+                raise WorkerFailed(f"its Ray actor died: {error}") from None
+        if "error" in facts:
+            raise WorkerFailed(facts["error"])
+        self.host, self.port, self.node, self.facts = facts["host"], facts["port"], facts["node"], facts
+        self.spec = ModelSpec.model_validate_json(facts["spec"])  # as resolved on the node: its files, its backend
+        self.status = "ready"
+        log.info(describe_load(self))
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            code = await self.actor.wait.remote()
+            what = f"its worker exited with code {code}"
+        except RayActorError as error:  # ActorUnavailableError too: the actor or its node died
+            what = f"its Ray actor was lost ({type(error).__name__})"
+        if self._stopping:
+            return
+        self.status = "restarting"  # no request goes there from now on
+        log.warning("%s #%d on %s: %s; restarting it", self.spec.model_name, self.index, self.location, what)
+        await self._restart()
+
+    async def stop(self) -> None:
+        """Stops the worker, then releases the actor and its resources."""
+        self._stop_watching()
+        if self.actor is None:
+            return
+        try:
+            await asyncio.wait_for(self.actor.stop.remote(STOP_GRACE_S), STOP_GRACE_S + 5)
+        except (asyncio.TimeoutError, RayActorError):
+            pass  # the actor is gone or unreachable: killing it below is all there is left to do
+        ray.kill(self.actor, no_restart=True)
+        self.actor = None
