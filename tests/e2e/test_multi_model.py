@@ -114,6 +114,8 @@ def test_add_model_conflicts_and_bad_specs(front, tmp_path):
     bad_value = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "q3", "cache_quant": "Q3"})
     assert bad_value.status_code == 400
     assert "bad value for 'cache_quant'" in bad_value.json()["error"]["message"] and "'Q4'" in bad_value.json()["error"]["message"]
+    unplaced = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "r", "ray_resources": "node_a:1"})
+    assert unplaced.status_code == 400 and "serve with --ray" in unplaced.json()["error"]["message"]
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file at all")
     refused = front.post("/add_model", json={"model_id": str(broken)})  # llama.cpp's own reason comes back

@@ -19,6 +19,7 @@ log = logging.getLogger("gallama")
 
 RESTART_DELAYS_S = (0.0, 1.0, 4.0, 15.0)  # then the instance is marked failed
 STOP_GRACE_S = 10.0
+PROBES, PROBE_INTERVAL_S = 20, 0.5  # how long a worker that failed a request may take to answer again
 
 
 class WorkerFailed(RuntimeError):
@@ -80,6 +81,7 @@ class Instance:
         self.facts: dict = {}
         self._stopping = False
         self._watcher: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None
 
     @property
     def base_url(self) -> str:
@@ -108,6 +110,26 @@ class Instance:
             return
         self.status = "failed"
         log.error("gave up restarting %s #%d", self.spec.model_name, self.index)
+
+    def suspect(self) -> None:
+        """A request found the worker gone: route elsewhere now, not once the watcher hears of it (a Ray actor's
+        death takes seconds to reach the front); back to ready if the worker answers after all."""
+        if self.status == "ready":
+            self.status = "restarting"
+            self._probe = asyncio.create_task(self._probe_until_back(self.port))
+
+    async def _probe_until_back(self, port: int | None) -> None:
+        async with httpx.AsyncClient(headers=self.headers, timeout=2) as client:
+            for _ in range(PROBES):
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                if self.status != "restarting" or self.port != port:
+                    return  # the watcher took over
+                try:
+                    if (await client.get(f"{self.base_url}/health")).status_code == 200:
+                        self.status = "ready"
+                        return
+                except httpx.HTTPError:
+                    pass
 
     async def health(self, client: httpx.AsyncClient) -> dict:
         """The worker's running and queued sequences (zeros when it does not answer)."""

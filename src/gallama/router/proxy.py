@@ -24,6 +24,8 @@ _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive
 
 
 def worker_lost(instance: Instance, error: Exception) -> ServiceUnavailable:
+    """The error for a request whose worker failed; the instance gets no more requests until it answers again."""
+    instance.suspect()
     return ServiceUnavailable(
         f"The worker serving '{instance.spec.model_name}' failed during this request ({type(error).__name__}); "
         "it is being restarted.", code="worker_unavailable", headers={"Retry-After": "2"},
