@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import httpx
@@ -13,7 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DEFAULT_MODEL, start_server, stop_server
+from tests.conftest import DEFAULT_MODEL, doomed_requests, start_server, stop_server
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'gallama[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -151,26 +150,7 @@ def test_a_dead_node_fails_its_requests_and_its_instance_restarts_elsewhere(clus
     ray_cluster, nodes = cluster
     nodes["c"] = ray_cluster.add_node(num_cpus=2, resources={"smol": 1})  # where the instance can go next
     ray_cluster.wait_for_nodes()
-    eos = front.post("/tokenize", json={"model": DEFAULT_MODEL, "content": "<|im_end|>"}).json()["tokens"]
-    endless = {"logit_bias": {str(t): -100 for t in eos}, "max_tokens": 900}
-    results = {}
-
-    def plain():
-        try:
-            api.completions.create(model=DEFAULT_MODEL, prompt="Once upon a time", **endless)
-        except openai.APIStatusError as error:
-            results["plain"] = error
-
-    def streamed():
-        try:
-            for _ in api.completions.create(model=DEFAULT_MODEL, prompt="Long ago", stream=True, **endless):
-                pass
-        except openai.APIError as error:
-            results["stream"] = error
-
-    threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]
-    for thread in threads:
-        thread.start()
+    threads, results = doomed_requests(api, front, DEFAULT_MODEL, "<|im_end|>")
     assert wait_until(lambda: running(front, DEFAULT_MODEL) == 2, 60), results
     ray_cluster.remove_node(nodes.pop("a"), allow_graceful=False)
     for thread in threads:
