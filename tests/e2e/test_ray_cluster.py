@@ -146,6 +146,17 @@ def test_a_killed_worker_is_restarted_by_its_actor(front, api):
     assert api.completions.create(model=PINNED, prompt="Hi", max_tokens=1).model == PINNED
 
 
+def test_a_killed_actor_is_restarted_by_ray(front, api):
+    before = instance(front, PINNED)
+    with open(f"/proc/{before['pid']}/stat") as stat:
+        actor_pid = int(stat.read().rsplit(")", 1)[1].split()[1])  # the worker's parent: the Ray actor's process
+    os.kill(actor_pid, signal.SIGKILL)
+    assert wait_until(lambda: instance(front, PINNED)["restarts"] == 2 and instance(front, PINNED)["status"] == "ready", 90)
+    after = instance(front, PINNED)
+    assert after["pid"] != before["pid"] and after["node"] == before["node"]  # node_b is the only node for it
+    assert api.completions.create(model=PINNED, prompt="Hi", max_tokens=1).model == PINNED
+
+
 def test_a_dead_node_fails_its_requests_and_its_instance_restarts_elsewhere(cluster, api, front):
     ray_cluster, nodes = cluster
     nodes["c"] = ray_cluster.add_node(num_cpus=2, resources={"smol": 1})  # where the instance can go next
