@@ -87,23 +87,29 @@ async def streams(variants: dict[str, tuple[Server, dict]], count: int, max_toke
     return stats
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--requests", type=int, default=200, help="latency samples per front and request kind")
-    parser.add_argument("--streams", type=int, default=20, help="streams per front")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
-    args = parser.parse_args()
-    exit_on_sigterm()
+def two_node_cluster():
+    """A Ray head (the fronts' node, no CPUs to place on) and one node with the `bench_node` resource."""
     from ray.cluster_utils import Cluster
 
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, resources={"bench_node": 1})
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, default, meaning in (("--requests", 200, "latency samples per front and request kind"),
+                                   ("--streams", 20, "streams per variant"), ("--max-tokens", 64, "tokens per stream")):
+        parser.add_argument(flag, type=int, default=default, help=meaning)
+    parser.add_argument("--model", help="a GGUF file; default: the bundled SmolLM2-135M-Instruct")
+    args = parser.parse_args()
+    exit_on_sigterm()
     model = args.model or default_model_path()
     banned = end_of_generation_tokens(model)
     spec = f"model_id={model} model_name=bench threads=1 max_sequences=2 cache_size=4096"
     load_before = os.getloadavg()[0]
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    cluster.add_node(num_cpus=1, resources={"bench_node": 1})
-    cluster.wait_for_nodes()
+    cluster = two_node_cluster()
     fronts = {"local worker": front("gallama-local", spec),
               "Ray node worker": front("gallama-ray", f"{spec} ray_resources=bench_node:1", "--ray", cluster.address)}
     try:
