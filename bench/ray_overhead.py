@@ -1,11 +1,12 @@
 """What the front costs for an instance placed on a Ray node, against a local one, in one run.
 
 Two fronts serve the same model with one thread each: one with a local worker (streams handed over to
-it, or relayed for a request with an Origin header), one with `--ray` and its worker on another node
-of a Ray cluster on this machine (Ray's cluster_utils; streams relayed by the front, every request
-carrying the cluster secret). Requests alternate, one client at a time: latency of requests that
-decode nothing or one token, and for streams the time to first token, the decode rate and the front
-process's own CPU time per streamed token (the workers' excluded).
+it, or relayed for a request with an Origin header), one with `--ray` and a worker on another node of
+a Ray cluster on this machine (Ray's cluster_utils; streams relayed by the front, every request
+carrying the cluster secret), and a second one on the front's own node (streams handed over).
+Requests alternate, one client at a time: latency of requests that decode nothing or one token, and
+for streams the time to first token, the decode rate and the front process's own CPU time per
+streamed token (the workers' excluded; the Ray front's process also runs Ray's driver threads).
 
     python bench/ray_overhead.py [--requests 200] [--streams 20] [--max-tokens 64]
 """
@@ -62,25 +63,27 @@ def latency(fronts: dict[str, Server], requests: int) -> dict[str, dict[str, lis
     return times
 
 
-async def streams(variants: dict[str, tuple[Server, dict]], count: int, max_tokens: int, banned: list[int]) -> dict[str, dict]:
-    """Sequential streams, alternating variants (a front, and headers): TTFT (ms), decode tokens/s, the front's
-    CPU ms per token."""
-    stats = {label: {"ttft": [], "rate": [], "cpu_ms_per_token": []} for label in variants}
+async def streams(variants: dict[str, tuple[Server, dict, str]], count: int, max_tokens: int,
+                  banned: list[int]) -> dict[str, dict]:
+    """Sequential streams, alternating variants (a front, headers, a model): TTFT (ms), decode tokens/s, the
+    front's CPU ms per token."""
+    stats = {label: {"ttft": [], "rate": [], "cpu_s": 0.0, "tokens": 0} for label in variants}
     payload = chat_payload("Tell me a long story about a lighthouse keeper.", max_tokens, banned)
-    clients = {label: httpx.AsyncClient(timeout=600, headers=headers) for label, (_, headers) in variants.items()}
+    clients = {label: httpx.AsyncClient(timeout=600, headers=headers) for label, (_, headers, _) in variants.items()}
     order = list(variants)
     try:
         for n in range(count):
             for label in order if n % 2 else order[::-1]:
-                server = variants[label][0]
+                server, _, model = variants[label]
                 cpu_before = process_cpu_seconds(server.process.pid)
-                result = await stream_chat(clients[label], server.base_url, payload)
+                result = await stream_chat(clients[label], server.base_url, {**payload, "model": model})
                 cpu = process_cpu_seconds(server.process.pid) - cpu_before
                 if result.error:
                     raise RuntimeError(f"{label}: {result.error}")
                 stats[label]["ttft"].append(result.first_token_s * 1000)
                 stats[label]["rate"].append(result.decode_tokens_per_s)
-                stats[label]["cpu_ms_per_token"].append(cpu * 1000 / result.tokens)
+                stats[label]["cpu_s"] += cpu  # summed: one stream takes a few clock ticks of the front
+                stats[label]["tokens"] += result.tokens
     finally:
         for client in clients.values():
             await client.aclose()
@@ -88,10 +91,11 @@ async def streams(variants: dict[str, tuple[Server, dict]], count: int, max_toke
 
 
 def two_node_cluster():
-    """A Ray head (the fronts' node, no CPUs to place on) and one node with the `bench_node` resource."""
+    """A Ray head (the fronts' node, with the `front_node` resource) and one node with `bench_node`."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"front_node": 1},
+                                                            "include_dashboard": False})
     cluster.add_node(num_cpus=1, resources={"bench_node": 1})
     cluster.wait_for_nodes()
     return cluster
@@ -111,7 +115,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     cluster = two_node_cluster()
     fronts = {"local worker": front("gallama-local", spec),
-              "Ray node worker": front("gallama-ray", f"{spec} ray_resources=bench_node:1", "--ray", cluster.address)}
+              "Ray node worker": front("gallama-ray", f"{spec} ray_resources=bench_node:1", "--ray", cluster.address,
+                                       "-id", f"{spec.replace('name=bench', 'name=bench-here')} ray_resources=front_node:1")}
     try:
         for server in fronts.values():
             server.start()
@@ -120,9 +125,10 @@ def main() -> None:
         print("streams ...", flush=True)
         local_front, ray_front = fronts.values()
         # An Origin header makes the front relay a local stream too (gallama.router.handover.wants_handover).
-        variants = {"local worker, handed over": (local_front, {}),
-                    "local worker, relayed (Origin header)": (local_front, {"origin": "http://bench"}),
-                    "Ray node worker, relayed": (ray_front, {})}
+        variants = {"local worker, handed over": (local_front, {}, "bench"),
+                    "local worker, relayed (Origin header)": (local_front, {"origin": "http://bench"}, "bench"),
+                    "Ray worker on the front's node, handed over": (ray_front, {}, "bench-here"),
+                    "Ray worker on another node, relayed": (ray_front, {}, "bench")}
         stream_stats = asyncio.run(streams(variants, args.streams, args.max_tokens, banned))
     finally:
         for server in fronts.values():
@@ -137,7 +143,8 @@ def main() -> None:
         f"Model: `{Path(model).name}`, one thread per instance. Command: `python bench/ray_overhead.py --requests "
         f"{args.requests} --streams {args.streams} --max-tokens {args.max_tokens}`. Both nodes of the Ray cluster "
         "are on this machine: no network between them, so this is the front's own cost, not a network's. The "
-        "workers differ in more than placement: Ray starts its worker processes at nice 15 with OMP_NUM_THREADS=1.",
+        "workers differ in more than placement: Ray starts its worker processes at nice 15 with OMP_NUM_THREADS=1, "
+        "in a session other than the front's (Linux schedules each session as a group).",
         "",
         f"### Requests ({args.requests} per front, alternating, one client), ms median / p95",
         "",
@@ -150,14 +157,14 @@ def main() -> None:
                      f"{fmt(median(b), 2)} / {fmt(percentile(b, 95), 2)} | {fmt(median(b) - median(a), 2)} |")
     lines += [
         "",
-        f"### Streams ({args.streams} per variant, {args.max_tokens} tokens, alternating), medians",
+        f"### Streams ({args.streams} per variant, {args.max_tokens} tokens, alternating)",
         "",
-        "| worker | time to first token | decode tokens/s | front CPU per token |",
+        "| worker | time to first token (median) | decode tokens/s (median) | front CPU per token (all streams) |",
         "|---|---|---|---|",
     ]
     for label, stats in stream_stats.items():
         lines.append(f"| {label} | {fmt(median(stats['ttft']), 1)} ms | {fmt(median(stats['rate']), 1)} | "
-                     f"{fmt(median(stats['cpu_ms_per_token']), 3)} ms |")
+                     f"{fmt(stats['cpu_s'] * 1000 / stats['tokens'], 3)} ms |")
     body = "\n".join(lines)
     print(body)
     write_section("Ray placement overhead (bench/ray_overhead.py)", body)

@@ -167,12 +167,13 @@ def worker(
     handover_fd: Annotated[Optional[int], typer.Option()] = None,
     responses_store: Annotated[Optional[str], typer.Option()] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
+    handover_socket: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
     """One model instance (started by `serve`; not for direct use)."""
     from gallama.router.worker import run_worker
 
     _setup_logging(log_level)
-    raise typer.Exit(run_worker(spec_json, log_level, handover_fd, responses_store, host))
+    raise typer.Exit(run_worker(spec_json, log_level, handover_fd, responses_store, host, handover_socket))
 
 
 @app.command("list")

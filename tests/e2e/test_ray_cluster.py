@@ -33,8 +33,8 @@ def wait_until(predicate, timeout_s=60.0):
 @pytest.fixture(scope="module")
 def cluster():
     # Node deaths are noticed in ~2 s instead of Ray's default ~30 s.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False,
+    cluster = Cluster(initialize_head=True, head_node_args={  # the front's node
+        "num_cpus": 1, "resources": {"front_node": 10}, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
     })
     nodes = {
@@ -88,7 +88,7 @@ def test_instances_land_on_the_nodes_their_resources_name(cluster, front):
     assert cards[PINNED]["nodes"] == [{"id": nodes["b"].node_id, "address": nodes["b"].node_ip_address}]
 
 
-def test_both_models_answer_through_one_front(api):
+def test_both_models_answer_through_one_front(api, front):
     for name in (DEFAULT_MODEL, PINNED):
         reply = api.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert reply.model == name and reply.usage.completion_tokens >= 1
@@ -97,6 +97,8 @@ def test_both_models_answer_through_one_front(api):
                                               max_tokens=12, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and chunks[-1].usage.completion_tokens == 12
+    # The front scrapes the workers' metrics with the secret too.
+    assert f'model="{PINNED}"' in front.get("/metrics").text
 
 
 def test_a_worker_refuses_requests_without_the_cluster_secret(front, front_server):
@@ -111,15 +113,22 @@ def test_a_worker_refuses_requests_without_the_cluster_secret(front, front_serve
 
 
 def test_add_model_places_on_the_named_node_and_remove_model_releases_it(cluster, api, front):
-    _, nodes = cluster
-    free = lambda: ray.available_resources().get("node_b", 0)  # noqa: E731
+    head = cluster[0].head_node
+    free = lambda: ray.available_resources().get("front_node", 0)  # noqa: E731
     before = free()
     added = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "added", "threads": 1,
-                                           "max_sequences": 1, "cache_size": 1024, "ray_resources": "node_b:2"})
+                                           "max_sequences": 1, "cache_size": 1024, "ray_resources": "front_node:2"})
     assert added.status_code == 200, added.text
-    assert added.json()["data"][0]["nodes"][0]["id"] == nodes["b"].node_id
+    assert added.json()["data"][0]["nodes"][0]["id"] == head.node_id
     assert wait_until(lambda: free() == before - 2, 10)
     assert api.completions.create(model="added", prompt="Hi", max_tokens=2).model == "added"
+    # On the front's own node the worker takes the stream over (it answers `Connection: close` itself);
+    # the front relays a stream from another node.
+    for model, handed_over in (("added", True), (PINNED, False)):
+        body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "stream": True}
+        with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+            assert (response.headers.get("connection") == "close") is handed_over
+            assert response.read().rstrip().endswith(b"data: [DONE]")
     assert front.post("/remove_model", json={"model": "added"}).status_code == 200
     assert wait_until(lambda: free() == before, 20)  # the actor and its resources are released
     with pytest.raises(openai.NotFoundError):

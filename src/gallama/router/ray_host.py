@@ -39,8 +39,12 @@ class WorkerHost:
         self.process: asyncio.subprocess.Process | None = None
         self._drainer: asyncio.Task | None = None
 
-    async def start(self, spec_json: str, secret: str, log_level: str, responses_store: str | None) -> dict:
-        """The worker's facts once its model serves (its port, node and resolved spec), or {"error": reason}."""
+    async def start(self, spec_json: str, secret: str, log_level: str, responses_store: str | None,
+                    front_node: str, handover_socket: str) -> dict:
+        """The worker's facts once its model serves (its port, node and resolved spec), or {"error": reason}.
+
+        On the front's own node, the worker connects to `handover_socket` to take streams over from the front.
+        """
         await self.stop()  # a second start replaces the worker
         address = ray.util.get_node_ip_address()
         node = {"id": ray.get_runtime_context().get_node_id(), "address": address}
@@ -55,7 +59,8 @@ class WorkerHost:
             return {"error": f"{where}: {error}"}
         # The front's SQLite file of stored responses, where this node shares the front's file system.
         store = ("--responses-store", responses_store) if responses_store and Path(responses_store).exists() else ()
-        self.process, message = await launch_worker(spec, log_level, "--host", address, *store,
+        handover = ("--handover-socket", handover_socket) if node["id"] == front_node else ()
+        self.process, message = await launch_worker(spec, log_level, "--host", address, *store, *handover,
                                                     env={**os.environ, SECRET_ENV: secret})
         if "error" in message:
             return {"error": f"{where}: {message['error']}"}

@@ -3,8 +3,9 @@
 Ray places each actor on a node with the resources its spec asks for (`threads` as CPUs, `gpus` as
 GPUs of one node, `ray_resources` as custom resources), and restarts it (elsewhere if its node is
 gone) when it dies. The front routes to its worker over the cluster's network as to a local one,
-relaying streams (a socket cannot be handed to another machine), with the cluster secret in every
-request (gallama.server.cluster_secret).
+with the cluster secret in every request (gallama.server.cluster_secret). A worker on the front's
+own node takes streams over as a local one does (its channel connects to a HandoverListener); the
+front relays the streams of the others (a socket cannot be handed to another node).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from gallama.config import ModelSpec
+from gallama.router.handover import HandoverListener
 from gallama.router.instances import STOP_GRACE_S, Instance, WorkerFailed, describe_load
 from gallama.router.ray_host import WorkerHost
 from gallama.server.cluster_secret import SECRET_HEADER
@@ -66,6 +68,7 @@ class RayCluster:
         # log_to_driver: the workers' log lines (a refused request, a load failure) reach the front's log.
         ray.init(address=address, namespace="gallama", logging_level=logging.WARNING, log_to_driver=True)
         self.address = address
+        self.node_id = ray.get_runtime_context().get_node_id()  # the front's node: its workers take streams over
         self.secret = secrets.token_urlsafe(32)
         self.host_class = ray.remote(WorkerHost)
 
@@ -99,10 +102,26 @@ class RayInstance(Instance):
             if reason:
                 raise WorkerFailed(reason)
             self.actor = self.cluster.host_class.options(**options).remote()
+        listener = HandoverListener()
+        try:
+            facts = await self._start_worker(listener.name)
+            if self.channel is not None:  # a restart: the old worker's channel went with it
+                self.channel.close()
+            self.channel = listener.accept(self.cluster.secret)  # None off the front's node: streams are relayed
+        finally:
+            listener.close()
+        self.host, self.port, self.node, self.facts = facts["host"], facts["port"], facts["node"], facts
+        self.spec = ModelSpec.model_validate_json(facts["spec"])  # as resolved on the node: its files, its backend
+        self.status = "ready"
+        log.info(describe_load(self))
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _start_worker(self, handover_socket: str) -> dict:
         spec_json = node_spec(self.spec).model_dump_json()
         while True:
             try:
-                facts = await self.actor.start.remote(spec_json, self.cluster.secret, self.log_level, self.responses_store)
+                facts = await self.actor.start.remote(spec_json, self.cluster.secret, self.log_level,
+                                                      self.responses_store, self.cluster.node_id, handover_socket)
                 break
             except ActorUnavailableError:  # Ray is restarting the actor (its node died): it takes calls again soon
                 await asyncio.sleep(UNAVAILABLE_RETRY_S)
@@ -110,11 +129,7 @@ class RayInstance(Instance):
                 raise WorkerFailed(f"its Ray actor died: {error}") from None
         if "error" in facts:
             raise WorkerFailed(facts["error"])
-        self.host, self.port, self.node, self.facts = facts["host"], facts["port"], facts["node"], facts
-        self.spec = ModelSpec.model_validate_json(facts["spec"])  # as resolved on the node: its files, its backend
-        self.status = "ready"
-        log.info(describe_load(self))
-        self._watcher = asyncio.create_task(self._watch())
+        return facts
 
     async def _watch(self) -> None:
         try:
@@ -139,3 +154,5 @@ class RayInstance(Instance):
             pass  # the actor is gone or unreachable: killing it below is all there is left to do
         ray.kill(self.actor, no_restart=True)
         self.actor = None
+        if self.channel is not None:
+            self.channel.close()
