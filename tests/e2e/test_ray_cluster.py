@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -12,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DEFAULT_MODEL, doomed_requests, start_server, stop_server
+from tests.conftest import DEFAULT_MODEL, doomed_requests, free_port, start_server, stop_server
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'gallama[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -190,3 +192,15 @@ def test_shutdown_stops_the_workers_and_releases_every_actor(front_server):
     stop_server(front_server)
     assert front_server.process.returncode == 0
     assert wait_until(lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources().get("CPU"), 30)
+
+
+def test_the_config_file_names_the_cluster_and_a_dead_address_fails_fast(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    dead = f"127.0.0.1:{free_port()}"
+    (home / "model_config.yaml").write_text(f"ray: {dead}\n")
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "gallama", "serve", "--port", str(free_port())], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "GALLAMA_HOME": str(home), "COLUMNS": "300"})
+    assert result.returncode != 0 and time.monotonic() - began < 30
+    assert f"cannot join the Ray cluster at {dead}: nothing answers" in result.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -25,6 +26,7 @@ from gallama.server.cluster_secret import SECRET_HEADER
 
 log = logging.getLogger("gallama")
 
+REACH_TIMEOUT_S = 5.0
 UNAVAILABLE_RETRY_S = 0.5  # while Ray restarts an actor, calls to it fail at once: ask again after this
 
 
@@ -61,10 +63,22 @@ def unplaceable(options: dict, nodes: list[dict]) -> str | None:
     return f"no node of the Ray cluster has {asked} (its nodes have: {have or 'none'})"
 
 
+def _check_reachable(address: str) -> None:
+    """ray.init retries an address where nothing listens for minutes: say so at once instead."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return  # Ray finds (or fails to find) these itself, quickly
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConnectionError(f"nothing answers at {address} ({error.strerror or error})") from None
+
+
 class RayCluster:
     """The front's connection to the cluster, and the secret its workers require."""
 
     def __init__(self, address: str):
+        _check_reachable(address)
         # log_to_driver: the workers' log lines (a refused request, a load failure) reach the front's log.
         ray.init(address=address, namespace="gallama", logging_level=logging.WARNING, log_to_driver=True)
         self.address = address
