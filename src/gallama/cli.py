@@ -109,11 +109,12 @@ def serve(
         ensure_config()
         config = load_config()
         ray = ray or configured_ray_address()
-        # On a Ray cluster, the node that runs an instance finds its files.
-        specs = [resolve(spec, config, defaults, locate=not ray) for spec in _cli_specs(model, model_name, ids)]
+        cluster = _join_ray(ray, defaults) if ray else None
+        # On a Ray cluster, the node that runs an instance finds its files and resolves its spec.
+        specs = [cluster.prepare(spec, config) if cluster else resolve(spec, config, defaults)
+                 for spec in _cli_specs(model, model_name, ids)]
     except SpecError as error:
         raise typer.BadParameter(str(error), param_hint="-id/--model") from None
-    cluster = _join_ray(ray) if ray else None
     from gallama.router.front import create_front, group_specs
     from gallama.router.handover import HandoverProtocol
     from gallama.router.pool import ModelPool
@@ -144,14 +145,14 @@ def serve(
     raise typer.Exit(code)
 
 
-def _join_ray(address: str):
+def _join_ray(address: str, defaults: dict[str, Any]):
     try:
         from gallama.router.ray_instances import RayCluster
     except ImportError:
         raise typer.BadParameter("placing instances on a Ray cluster needs Ray: pip install 'gallama[ray]'",
                                  param_hint="--ray") from None
     try:
-        return RayCluster(address)
+        return RayCluster(address, defaults)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise typer.BadParameter(f"cannot join the Ray cluster at {address}: {error}", param_hint="--ray") from None
 

@@ -249,39 +249,33 @@ def _is_sentence_transformers(folder: Path) -> bool:
     return (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file()
 
 
-def _default_name(model_id: str) -> str:
-    if model_id.lower() == DEFAULT_CHAT_MODEL.name.lower():
-        return DEFAULT_CHAT_MODEL.name
-    path = Path(model_id)
-    return path.stem if path.suffix == ".gguf" else path.name
-
-
-def _locate(model_id: str) -> tuple[Path, str | None]:
-    """model_id -> (path, backend it implies or None)."""
+def _locate(model_id: str) -> tuple[Path, str | None, str]:
+    """model_id -> (path, backend it implies or None, default model name)."""
     if model_id.lower() == DEFAULT_CHAT_MODEL.name.lower():
         try:
-            return locate(DEFAULT_CHAT_MODEL), "llama_cpp"
+            return locate(DEFAULT_CHAT_MODEL), "llama_cpp", DEFAULT_CHAT_MODEL.name
         except BundledModelMissing as error:
             raise SpecError(str(error)) from None
     path = Path(model_id).expanduser()
+    name = path.stem if path.suffix == ".gguf" else path.name
     if path.is_file():
         if path.suffix != ".gguf":
             raise SpecError(f"{path} is not a GGUF file (the llama_cpp backend loads .gguf files)")
-        return path.resolve(), "llama_cpp"
+        return path.resolve(), "llama_cpp", name
     if path.is_dir():
         if _is_sentence_transformers(path):
-            return path.resolve(), "embedding"
+            return path.resolve(), "embedding", name
         gguf = _gguf_in_folder(path)
         if gguf is None:
             raise SpecError(f"{path} holds no GGUF file and no sentence-transformers model")
-        return gguf.resolve(), "llama_cpp"
+        return gguf.resolve(), "llama_cpp", name
     raise SpecError(
         f"model_id '{model_id}' is not a name in {config_path()}, a GGUF file, a model folder, "
         f"or the bundled {DEFAULT_CHAT_MODEL.name}"
     )
 
 
-def _check_backend(spec: ModelSpec, check_gpus: bool = True) -> None:
+def _check_backend(spec: ModelSpec) -> None:
     if spec.backend in UNSUPPORTED_BACKENDS:
         raise SpecError(
             f"backend '{spec.backend}' is not available: gallama has no {spec.backend} engine yet "
@@ -290,7 +284,7 @@ def _check_backend(spec: ModelSpec, check_gpus: bool = True) -> None:
         )
     _check_speculation(spec)
     _check_cache_types(spec)
-    if check_gpus and spec.backend in ("llama_cpp", "embedding"):
+    if spec.backend in ("llama_cpp", "embedding"):
         for key in ("gpus", "draft_gpus"):
             _check_gpus(key, getattr(spec, key), spec)
 
@@ -335,25 +329,20 @@ def _check_gpus(key: str, gpus: list[float] | None, spec: ModelSpec) -> None:
         raise SpecError(f"'{key}' lists {len(gpus)} GPUs; this llama.cpp takes at most {llama_cpp.LLAMA_MAX_DEVICES}")
 
 
-def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec], locate: bool = True) -> str:
+def _locate_draft(draft_model_id: str, config: dict[str, ModelSpec]) -> str:
     """A draft model given as a config name, a GGUF file or folder, or the bundled model -> its GGUF path."""
     if draft_model_id in config:
         draft_model_id = config[draft_model_id].model_id
-    if not locate:
-        return draft_model_id
-    path, backend = _locate(draft_model_id)
+    path, backend, _ = _locate(draft_model_id)
     if backend != "llama_cpp":
         raise SpecError(f"draft_model_id '{draft_model_id}' is not a GGUF model")
     return str(path)
 
 
-def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None,
-            locate: bool = True) -> ModelSpec:
+def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, Any] | None = None) -> ModelSpec:
     """A spec with model_id an absolute path and model_name, backend, model_type and max_sequences filled in.
 
     Precedence: the spec's own keys, then the config entry its model_id names, then `defaults` (CLI flags).
-    locate=False leaves the files to the node that runs the instance (a Ray cluster's front): paths stay as
-    given, what the files imply stays unset, and that node resolves the spec again (gallama.router.ray_host).
     """
     given = spec.model_dump(exclude_unset=True, exclude_none=True)
     merged: dict[str, Any] = dict(defaults or {})
@@ -363,31 +352,23 @@ def resolve(spec: ModelSpec, config: dict[str, ModelSpec], defaults: dict[str, A
         merged.update(config[spec.model_id].model_dump(exclude_unset=True, exclude_none=True))
         given.pop("model_id")
     merged.update(given)
-    merged.setdefault("model_name", default_name or _default_name(merged["model_id"]))
-    implied_backend = None
-    if locate:
-        path, implied_backend = _locate(merged["model_id"])
-        merged["model_id"] = str(path)
-    else:  # the node runs in another folder: a relative path is the front's
-        for key in ("model_id", "draft_model_id", "chat_template"):
-            if merged.get(key) and merged[key].lower() != DEFAULT_CHAT_MODEL.name.lower() and merged[key] not in config:
-                merged[key] = str(Path(merged[key]).expanduser().absolute())
+    path, implied_backend, located_name = _locate(merged["model_id"])
+    merged["model_id"] = str(path)
+    merged.setdefault("model_name", default_name or located_name)
     if merged.get("model_type") == "embedding":
         merged.setdefault("backend", "embedding")
-    if implied_backend:
-        merged.setdefault("backend", implied_backend)
-    if merged.get("backend"):
-        merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
+    merged.setdefault("backend", implied_backend)
+    merged.setdefault("model_type", "embedding" if merged["backend"] == "embedding" else "llm")
     merged.setdefault("max_sequences", DEFAULT_MAX_SEQUENCES)
     if merged.get("draft_model_id"):
-        merged["draft_model_id"] = _locate_draft(merged["draft_model_id"], config, locate)
-    if merged.get("chat_template") and locate:
+        merged["draft_model_id"] = _locate_draft(merged["draft_model_id"], config)
+    if merged.get("chat_template"):
         template = Path(merged["chat_template"]).expanduser()
         if not template.is_file():
             raise SpecError(f"chat_template: no such file: {template}")
         merged["chat_template"] = str(template.resolve())
     resolved = spec_from_dict(merged, where=merged["model_name"])
-    _check_backend(resolved, check_gpus=locate)
+    _check_backend(resolved)
     if resolved.backend == "llama_cpp" and resolved.model_type == "embedding":
         raise SpecError("model_type=embedding needs backend=embedding")
     return resolved.model_copy(update={"cache_size": kv_cache_tokens(resolved)})

@@ -11,14 +11,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL
-from gallama.config import (
-    ModelSpec, SpecError, configured_ray_address, load_config, parse_spec_string, resolve,
-)
+from gallama.config import ModelSpec, SpecError, configured_ray_address, load_config, parse_spec_string
 from gallama.server.cluster_secret import SECRET_HEADER, RequireClusterSecret
 
 pytest.importorskip("ray", reason="ray is not installed (pip install 'gallama[ray]')")
 from gallama.router.ray_host import missing_files  # noqa: E402
-from gallama.router.ray_instances import actor_options, node_spec, unplaceable  # noqa: E402
+from gallama.router.ray_instances import actor_options, front_spec, node_spec, unplaceable  # noqa: E402
 
 
 def test_ray_resources_parse_from_a_spec_string():
@@ -74,16 +72,18 @@ def test_a_spec_no_live_node_can_hold_says_what_the_nodes_have():
 
 def test_the_front_leaves_files_to_the_node(tmp_path):
     missing = tmp_path / "elsewhere" / "qwen-7b.Q4.gguf"
-    spec = resolve(parse_spec_string(f"model_id={missing} threads=1"), {}, locate=False)
-    assert spec.model_id == str(missing) and spec.model_name == "qwen-7b.Q4"
-    assert spec.backend is None and spec.model_type is None and spec.max_sequences == 8
-    relative = resolve(ModelSpec(model_id="models/x.gguf"), {}, locate=False)
+    spec = front_spec(parse_spec_string(f"model_id={missing} threads=1"), {})
+    assert spec.model_id == str(missing) and spec.model_name == "qwen-7b.Q4" and spec.threads == 1
+    assert spec.backend is None and spec.model_type is None  # the node's files tell
+    relative = front_spec(ModelSpec(model_id="models/x.gguf"), {})
     assert relative.model_id == os.path.join(os.getcwd(), "models/x.gguf")  # the node runs in another folder
-    bundled = resolve(ModelSpec(model_id=DEFAULT_CHAT_MODEL.name), {}, locate=False)
-    assert bundled.model_id == DEFAULT_CHAT_MODEL.name and bundled.model_name == DEFAULT_CHAT_MODEL.name
-    config = {"big": ModelSpec(model_id="/models/big.gguf", cache_size=4096)}
-    named = resolve(ModelSpec(model_id="big"), config, locate=False)
-    assert (named.model_id, named.model_name, named.cache_size) == ("/models/big.gguf", "big", 4096)
+    bundled = front_spec(ModelSpec(model_id=DEFAULT_CHAT_MODEL.name.lower()), {})
+    assert bundled.model_id == DEFAULT_CHAT_MODEL.name.lower() and bundled.model_name == DEFAULT_CHAT_MODEL.name
+    config = {"big": ModelSpec(model_id="/models/big.gguf", cache_size=4096, threads=8),
+              "small": ModelSpec(model_id="/models/small.gguf")}
+    named = front_spec(parse_spec_string("model_id=big threads=2 draft_model_id=small"), config)
+    assert (named.model_id, named.model_name, named.cache_size, named.threads) == ("/models/big.gguf", "big", 4096, 2)
+    assert named.draft_model_id == "/models/small.gguf"  # the node has not the front's config
 
 
 def test_the_node_names_the_files_it_does_not_have(tmp_path):

@@ -182,8 +182,9 @@ def create_front(
         specs = []
         for n, item in enumerate(items):
             try:
-                # On a Ray cluster, the node that runs an instance finds its files.
-                specs.append(resolve(spec_from_dict(item), config, spec_defaults, locate=pool.cluster is None))
+                spec = spec_from_dict(item)
+                # On a Ray cluster, the node that runs an instance finds its files and resolves its spec.
+                specs.append(pool.cluster.prepare(spec, config) if pool.cluster else resolve(spec, config, spec_defaults))
             except SpecError as error:
                 where = f"model {n + 1}: " if len(items) > 1 else ""
                 raise InvalidRequest(f"{where}{error}", param="model_id", code="invalid_model_spec") from None

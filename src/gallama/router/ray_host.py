@@ -39,7 +39,7 @@ class WorkerHost:
         self.process: asyncio.subprocess.Process | None = None
         self._drainer: asyncio.Task | None = None
 
-    async def start(self, spec_json: str, secret: str, log_level: str, responses_store: str | None,
+    async def start(self, spec_json: str, defaults: dict, secret: str, log_level: str, responses_store: str | None,
                     front_node: str, handover_socket: str) -> dict:
         """The worker's facts once its model serves (its port, node and resolved spec), or {"error": reason}.
 
@@ -54,7 +54,7 @@ class WorkerHost:
             return {"error": f"{', '.join(missing)}: not found {where}, which reads this instance's files; put them "
                              "there, or pin the model to a node that has them with ray_resources="}
         try:
-            spec = resolve(spec, {})
+            spec = resolve(spec, {}, defaults)  # as the front resolves a local instance's
         except SpecError as error:
             return {"error": f"{where}: {error}"}
         # The front's SQLite file of stored responses, where this node shares the front's file system.

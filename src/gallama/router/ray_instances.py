@@ -14,11 +14,14 @@ import asyncio
 import logging
 import secrets
 import socket
+from pathlib import Path
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from gallama.config import ModelSpec
+from gallama.bundled_models import DEFAULT_CHAT_MODEL
+from gallama.config import ModelSpec, spec_from_dict
 from gallama.router.handover import HandoverListener
 from gallama.router.instances import STOP_GRACE_S, Instance, WorkerFailed, describe_load
 from gallama.router.ray_host import WorkerHost
@@ -28,6 +31,32 @@ log = logging.getLogger("gallama")
 
 REACH_TIMEOUT_S = 5.0
 UNAVAILABLE_RETRY_S = 0.5  # while Ray restarts an actor, calls to it fail at once: ask again after this
+
+
+def default_name(model_id: str) -> str:
+    """The model name a spec without one gets, as resolve() gives it, without looking at the file."""
+    if model_id.lower() == DEFAULT_CHAT_MODEL.name.lower():
+        return DEFAULT_CHAT_MODEL.name
+    path = Path(model_id)
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def front_spec(spec: ModelSpec, config: dict[str, ModelSpec]) -> ModelSpec:
+    """The spec as the front hands it to the node that resolves it (gallama.router.ray_host): no file is looked
+    at here. Its config entry is merged in (the node has not this config), paths are made absolute (the node
+    runs in another folder), and model_name is filled in (the front routes by it from the start)."""
+    chosen = spec.model_dump(exclude_unset=True, exclude_none=True)
+    entry = spec.model_id if spec.model_id in config else None
+    if entry:
+        chosen = {**config[entry].model_dump(exclude_unset=True, exclude_none=True),
+                  **{key: value for key, value in chosen.items() if key != "model_id"}}
+    if chosen.get("draft_model_id") in config:
+        chosen["draft_model_id"] = config[chosen["draft_model_id"]].model_id
+    for key in ("model_id", "draft_model_id", "chat_template"):
+        if chosen.get(key) and chosen[key].lower() != DEFAULT_CHAT_MODEL.name.lower():
+            chosen[key] = str(Path(chosen[key]).expanduser().absolute())
+    chosen.setdefault("model_name", entry or default_name(chosen["model_id"]))
+    return spec_from_dict(chosen, where=chosen["model_name"])
 
 
 def actor_options(spec: ModelSpec) -> dict:
@@ -77,14 +106,19 @@ def _check_reachable(address: str) -> None:
 class RayCluster:
     """The front's connection to the cluster, and the secret its workers require."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, defaults: dict[str, Any] | None = None):
         _check_reachable(address)
+        self.defaults = defaults or {}  # the serve flags: each node resolves its specs with them
         # log_to_driver: the workers' log lines (a refused request, a load failure) reach the front's log.
         ray.init(address=address, namespace="gallama", logging_level=logging.WARNING, log_to_driver=True)
         self.address = address
         self.node_id = ray.get_runtime_context().get_node_id()  # the front's node: its workers take streams over
         self.secret = secrets.token_urlsafe(32)
         self.host_class = ray.remote(WorkerHost)
+
+    def prepare(self, spec: ModelSpec, config: dict[str, ModelSpec]) -> ModelSpec:
+        """What `resolve` is to a local instance: the nodes resolve, the front only prepares."""
+        return front_spec(spec, config)
 
     def instance(self, spec: ModelSpec, index: int, log_level: str, responses_store: str | None) -> "RayInstance":
         return RayInstance(spec, index, self, log_level, responses_store)
@@ -134,8 +168,9 @@ class RayInstance(Instance):
         spec_json = node_spec(self.spec).model_dump_json()
         while True:
             try:
-                facts = await self.actor.start.remote(spec_json, self.cluster.secret, self.log_level,
-                                                      self.responses_store, self.cluster.node_id, handover_socket)
+                facts = await self.actor.start.remote(spec_json, self.cluster.defaults, self.cluster.secret,
+                                                      self.log_level, self.responses_store, self.cluster.node_id,
+                                                      handover_socket)
                 break
             except ActorUnavailableError:  # Ray is restarting the actor (its node died): it takes calls again soon
                 await asyncio.sleep(UNAVAILABLE_RETRY_S)
