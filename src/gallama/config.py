@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, BundledModelMissing, locate
 
 CONFIG_FILE = "model_config.yaml"
-RAY_KEY = "ray"  # the config file's one key that is not a model: the Ray cluster to place instances on
 DEFAULT_MAX_SEQUENCES = 8
 CacheQuant = Literal["FP16", "Q8", "Q6", "Q4"]
 Backend = Literal["llama_cpp", "embedding", "exllama", "transformers"]
@@ -192,6 +191,9 @@ def ensure_config() -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(DEFAULT_CONFIG_TEXT)
     return path
+
+
+RAY_KEY = "ray"  # the config file's one key that is not a model: the Ray cluster to place instances on
 
 
 def _read_config(path: Path) -> dict:
