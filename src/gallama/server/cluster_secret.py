@@ -11,12 +11,21 @@ import hmac
 import json
 import logging
 
-from gallama.protocol.errors import envelope
+from gallama.protocol.errors import APIError
 
 SECRET_HEADER = "x-gallama-cluster-secret"
 SECRET_ENV = "GALLAMA_CLUSTER_SECRET"
 
 log = logging.getLogger("gallama.worker")
+
+
+class ClusterSecretRequired(APIError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    def __init__(self) -> None:
+        super().__init__("This is a gallama worker of a Ray cluster: only its front may call it.",
+                         code="cluster_secret_required")
 
 
 class RequireClusterSecret:
@@ -32,9 +41,7 @@ class RequireClusterSecret:
             return await self.app(scope, receive, send)
         client = scope.get("client") or ("?", 0)
         log.warning("refused %s %s from %s:%s: no valid cluster secret", scope["method"], scope["path"], *client)
-        message = "This is a gallama worker of a Ray cluster: only its front may call it."
-        body = json.dumps(envelope(scope["path"], 401, message, kind="authentication_error",
-                                   code="cluster_secret_required")).encode()
-        await send({"type": "http.response.start", "status": 401,
+        body = json.dumps(ClusterSecretRequired().body(scope["path"])).encode()
+        await send({"type": "http.response.start", "status": ClusterSecretRequired.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
