@@ -98,7 +98,8 @@ def test_both_models_answer_through_one_front(api, front):
     chunks = list(api.chat.completions.create(model=PINNED, messages=[{"role": "user", "content": "Count to five."}],
                                               max_tokens=12, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text and chunks[-1].usage.completion_tokens == 12
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text and finish in (["stop"], ["length"]) and 1 <= chunks[-1].usage.completion_tokens <= 12
     # The front scrapes the workers' metrics with the secret too.
     assert f'model="{PINNED}"' in front.get("/metrics").text
 
