@@ -132,6 +132,7 @@ class RayInstance(Instance):
 
     def __init__(self, spec: ModelSpec, index: int, cluster: RayCluster, log_level: str, responses_store: str | None):
         super().__init__(spec, index)
+        self.given = spec  # as the front prepared it: each (re)start resolves it again, on whichever node Ray picks
         self.cluster = cluster
         self.log_level = log_level
         self.responses_store = responses_store
@@ -145,7 +146,7 @@ class RayInstance(Instance):
 
     async def start(self) -> None:
         if self.actor is None:
-            options = actor_options(self.spec)
+            options = actor_options(self.given)
             reason = unplaceable(options, await asyncio.to_thread(ray.nodes))
             if reason:
                 raise WorkerFailed(reason)
@@ -165,7 +166,7 @@ class RayInstance(Instance):
         self._watcher = asyncio.create_task(self._watch())
 
     async def _start_worker(self, handover_socket: str) -> dict:
-        spec_json = node_spec(self.spec).model_dump_json()
+        spec_json = node_spec(self.given).model_dump_json()
         while True:
             try:
                 facts = await self.actor.start.remote(spec_json, self.cluster.defaults, self.cluster.secret,
