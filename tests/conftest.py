@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -55,6 +56,34 @@ def start_server(tmp_dir, *args: str, timeout_s: float = 120.0) -> RunningServer
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"gallama did not start in {timeout_s}s:\n{open(log_path).read()}")
+
+
+def doomed_requests(api, http: httpx.Client, model: str, end_tokens: str) -> tuple[list[threading.Thread], dict]:
+    """A plain and a streamed completion of `model` that go on (its end tokens banned) until their worker is
+    killed; `results` gets the error each one ends with ("plain", "stream"). The threads are started."""
+    import openai
+
+    banned = http.post("/tokenize", json={"model": model, "content": end_tokens}).json()["tokens"]
+    endless = {"logit_bias": {str(t): -100 for t in banned}, "max_tokens": 900}  # within a 1024-token sequence
+    results = {}
+
+    def plain():
+        try:
+            api.completions.create(model=model, prompt="Once upon a time", **endless)
+        except openai.APIStatusError as error:
+            results["plain"] = error
+
+    def streamed():
+        try:
+            for _ in api.completions.create(model=model, prompt="Long ago", stream=True, **endless):
+                pass
+        except openai.APIError as error:
+            results["stream"] = error
+
+    threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]
+    for thread in threads:
+        thread.start()
+    return threads, results
 
 
 def stop_server(server: RunningServer) -> None:

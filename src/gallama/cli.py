@@ -17,7 +17,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL
 from gallama.config import (
-    VALID_KEYS, ModelSpec, SpecError, default_embedding_specs, ensure_config, load_config, parse_spec_string, resolve,
+    VALID_KEYS, ModelSpec, SpecError, configured_ray_address, default_embedding_specs, ensure_config, load_config,
+    parse_spec_string, resolve,
 )
 from gallama.protocol.errors import APIError
 from gallama.server.graceful import GracefulServer
@@ -92,6 +93,7 @@ def serve(
     shutdown_grace: Annotated[float, typer.Option(help="On SIGTERM, seconds the requests in flight get to finish before they end with an error.")] = 5.0,
     strict_model_names: Annotated[bool, typer.Option("--strict-model-names", envvar="GALLAMA_STRICT_MODEL_NAMES", help="A request for a model that is not served gets a 404; by default it goes to the first model of the kind its endpoint needs.")] = False,
     responses_store: Annotated[Optional[Path], typer.Option(help="A SQLite file that keeps /v1/responses' stored responses across restarts; default: a temporary one, deleted at shutdown.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", envvar="GALLAMA_RAY", help="Place every model instance on this Ray cluster as an actor ('auto': the cluster `ray start` joined this machine to; or HOST:PORT); default: model_config.yaml's 'ray:', else local worker processes. Needs gallama[ray].")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
 
@@ -106,7 +108,11 @@ def serve(
     try:
         ensure_config()
         config = load_config()
-        specs = [resolve(spec, config, defaults) for spec in _cli_specs(model, model_name, ids)]
+        ray = ray or configured_ray_address()
+        cluster = _join_ray(ray, defaults) if ray else None
+        # On a Ray cluster, the node that runs an instance finds its files and resolves its spec.
+        specs = [cluster.prepare(spec, config) if cluster else resolve(spec, config, defaults)
+                 for spec in _cli_specs(model, model_name, ids)]
     except SpecError as error:
         raise typer.BadParameter(str(error), param_hint="-id/--model") from None
     from gallama.router.front import create_front, group_specs
@@ -117,7 +123,7 @@ def serve(
     store_path = str(responses_store) if responses_store else ResponsesStore.temporary_path()
     store = ResponsesStore(store_path)
     pool = ModelPool(log_level="debug" if log_level == "debug" else "warning", strict_model_names=strict_model_names,
-                     responses_store=store_path)
+                     responses_store=store_path, cluster=cluster)
     guard = GuardSettings(api_keys=_split_keys(api_key), admin_keys=_split_keys(admin_key),
                           max_body_bytes=int(max_body_mb * 1024 * 1024))
     front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin, responses_store=store)
@@ -131,10 +137,24 @@ def serve(
             code = runner.run(_serve(pool, group_specs(specs), server_config, shutdown_grace))
     finally:
         store.close()
+        if cluster is not None:
+            cluster.close()
         if not responses_store:  # the temporary store goes with the server
             for suffix in ("", "-wal", "-shm"):
                 Path(store_path + suffix).unlink(missing_ok=True)
     raise typer.Exit(code)
+
+
+def _join_ray(address: str, defaults: dict[str, Any]):
+    try:
+        from gallama.router.ray_instances import RayCluster
+    except ImportError:
+        raise typer.BadParameter("placing instances on a Ray cluster needs Ray: pip install 'gallama[ray]'",
+                                 param_hint="--ray") from None
+    try:
+        return RayCluster(address, defaults)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise typer.BadParameter(f"cannot join the Ray cluster at {address}: {error}", param_hint="--ray") from None
 
 
 def _split_keys(values: list[str]) -> list[str]:
@@ -147,12 +167,14 @@ def worker(
     log_level: Annotated[str, typer.Option()] = "warning",
     handover_fd: Annotated[Optional[int], typer.Option()] = None,
     responses_store: Annotated[Optional[str], typer.Option()] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    handover_socket: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
     """One model instance (started by `serve`; not for direct use)."""
     from gallama.server.worker import run_worker
 
     _setup_logging(log_level)
-    raise typer.Exit(run_worker(spec_json, log_level, handover_fd, responses_store))
+    raise typer.Exit(run_worker(spec_json, log_level, handover_fd, responses_store, host, handover_socket))
 
 
 @app.command("list")

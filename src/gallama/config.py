@@ -38,6 +38,23 @@ def _gpu_list(value: Any) -> Any:
     return value
 
 
+# Resources a spec asks of Ray in its own keys (threads, gpus); Ray refuses them as custom resource names.
+RAY_BUILTIN_RESOURCES = {"CPU": "threads", "GPU": "gpus", "memory": None, "object_store_memory": None}
+
+
+def _resource_map(value: Any) -> Any:
+    """`"name:amount,..."` -> {name: amount}; a mapping (YAML, JSON) passes as it is."""
+    if not isinstance(value, str):
+        return value
+    resources: dict[str, str] = {}
+    for part in filter(str.strip, value.split(",")):
+        name, sep, amount = part.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"'{part}' is not name:amount")
+        resources[name.strip()] = amount.strip()
+    return resources
+
+
 class ModelSpec(BaseModel):
     """One model instance, in the keys of `-id`, `model_config.yaml` and `POST /add_model`."""
 
@@ -70,17 +87,31 @@ class ModelSpec(BaseModel):
     draft_mode: Literal["ngram"] | None = None  # prompt-lookup speculative decoding, no draft model needed
     num_draft_tokens: int | None = Field(default=None, gt=0, le=16)
     request_timeout: float | None = Field(default=None, gt=0)  # seconds; a longer generation ends with an error
+    # Custom node resources a Ray-placed instance needs (serve --ray), e.g. the node that holds its files.
+    ray_resources: dict[str, float] | None = None
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
     # The original gallama's README spells them exLlama, Llama_cpp, fp16, q8: users copy those.
     _lower_names = field_validator("backend", "model_type", "draft_mode", mode="before")(_lower)
     _upper_quants = field_validator("cache_quant", "cache_quant_v", "draft_cache_quant", mode="before")(_upper)
+    _parse_resources = field_validator("ray_resources", mode="before")(_resource_map)
 
     @field_validator("gpus", "draft_gpus")
     @classmethod
     def _non_negative(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and any(gb < 0 for gb in value):
             raise ValueError("GB of VRAM per GPU cannot be negative")
+        return value
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, amount in (value or {}).items():
+            if name in RAY_BUILTIN_RESOURCES:
+                key = RAY_BUILTIN_RESOURCES[name]
+                raise ValueError(f"'{name}' is not a custom resource" + (f": give '{key}'" if key else ""))
+            if amount <= 0:
+                raise ValueError(f"the amount of '{name}' must be positive")
         return value
 
 
@@ -139,6 +170,8 @@ DEFAULT_CONFIG_TEXT = f"""\
 #   max_sequences: 8                  # requests decoded together in one batch
 #   cache_quant: FP16                 # FP16, Q8, Q6 (as Q8), Q4
 #   threads: 2                        # CPU threads
+#
+# ray: auto    # place every instance on a Ray cluster (as `serve --ray auto`); not a model name
 """
 
 
@@ -159,8 +192,10 @@ def ensure_config() -> Path:
     return path
 
 
-def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
-    path = path or config_path()
+RAY_KEY = "ray"  # the config file's one key that is not a model: the Ray cluster to place instances on
+
+
+def _read_config(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
@@ -169,7 +204,23 @@ def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
         raise SpecError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path} must map model names to specs")
+    return data
+
+
+def load_config(path: Path | None = None) -> dict[str, ModelSpec]:
+    path = path or config_path()
+    data = _read_config(path)
+    data.pop(RAY_KEY, None)
     return {str(name): spec_from_dict(entry, where=f"{path}: {name}") for name, entry in data.items()}
+
+
+def configured_ray_address(path: Path | None = None) -> str | None:
+    """The config file's `ray: ADDRESS`, the default of `serve --ray`."""
+    path = path or config_path()
+    address = _read_config(path).get(RAY_KEY)
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise SpecError(f"{path}: '{RAY_KEY}' is the address of a Ray cluster (auto, or HOST:PORT), not {address!r}")
+    return address
 
 
 def add_config_entry(name: str, spec: ModelSpec, path: Path | None = None) -> Path:

@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DEFAULT_MODEL, start_server, stop_server
+from tests.conftest import DEFAULT_MODEL, doomed_requests, start_server, stop_server
 
 GEMMA = "gemma"
 SMALL = "threads=1 max_sequences=2 cache_size=2048"
@@ -118,6 +118,8 @@ def test_add_model_conflicts_and_bad_specs(front, tmp_path):
     bad_value = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "q3", "cache_quant": "Q3"})
     assert bad_value.status_code == 400
     assert "bad value for 'cache_quant'" in bad_value.json()["error"]["message"] and "'Q4'" in bad_value.json()["error"]["message"]
+    unplaced = front.post("/add_model", json={"model_id": DEFAULT_MODEL, "model_name": "r", "ray_resources": "node_a:1"})
+    assert unplaced.status_code == 400 and "serve with --ray" in unplaced.json()["error"]["message"]
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file at all")
     refused = front.post("/add_model", json={"model_id": str(broken)})  # llama.cpp's own reason comes back
@@ -173,26 +175,7 @@ def test_a_draft_model_serves_and_one_of_another_vocabulary_is_refused(api, fron
 
 
 def test_a_killed_worker_fails_its_requests_with_503_and_comes_back(api, front):
-    eog = front.post("/tokenize", json={"model": GEMMA, "content": "<end_of_turn><eos>"}).json()["tokens"]
-    endless = {"logit_bias": {str(t): -100 for t in eog}, "max_tokens": 900}  # within the 1024-token sequence context
-    results = {}
-
-    def plain():
-        try:
-            api.completions.create(model=GEMMA, prompt="Once upon a time", **endless)
-        except openai.APIStatusError as error:
-            results["plain"] = error
-
-    def streamed():
-        try:
-            for _ in api.completions.create(model=GEMMA, prompt="Long ago", stream=True, **endless):
-                pass
-        except openai.APIError as error:
-            results["stream"] = error
-
-    threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]
-    for thread in threads:
-        thread.start()
+    threads, results = doomed_requests(api, front, GEMMA, "<end_of_turn><eos>")
     assert wait_until(lambda: running(front, GEMMA) == 2, 60), results
     old_pid = instances(front, GEMMA)[0]["pid"]
     os.kill(old_pid, signal.SIGKILL)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from gallama.router.handover import HandoverChannel
-from gallama.server.handover import HandoverInbox, LAST_CHUNK, _head, chunk
+from gallama.router.handover import HandoverChannel, HandoverListener
+from gallama.server.handover import HandoverInbox, LAST_CHUNK, _head, chunk, connect_channel
 
 
 class _Scope:
@@ -80,3 +80,24 @@ def test_chunked_framing_and_head():
     assert head.startswith("HTTP/1.1 200 OK\r\n") and head.endswith("\r\n\r\n")
     lines = head.split("\r\n")
     assert "x-request-id: r1" in lines and "connection: close" in lines and "transfer-encoding: chunked" in lines
+
+
+def test_a_worker_the_front_did_not_spawn_connects_its_channel_with_the_secret():
+    listener = HandoverListener()
+    try:
+        assert listener.accept("s3cret") is None  # no worker connected yet: its streams would be relayed
+        intruder = connect_channel(listener.name, "guess")
+        assert listener.accept("s3cret") is None and intruder.recv(10) == b""  # refused: closed at once
+        worker_end = connect_channel(listener.name, "s3cret")
+        channel = listener.accept("s3cret")
+        inbox = HandoverInbox(worker_end)
+        front_side, client_side = socket.socketpair()
+        token = channel.offer(_Scope(front_side))
+        inbox.take(token).sendall(b"handed over")
+        assert client_side.recv(100) == b"handed over"
+        for sock in (intruder, worker_end, front_side, client_side):
+            sock.close()
+        channel.close()
+    finally:
+        listener.close()
+    assert connect_channel(listener.name, "s3cret") is None  # the name is gone with the listener

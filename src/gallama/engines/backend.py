@@ -9,7 +9,8 @@ if TYPE_CHECKING:
     from gallama.config import ModelSpec
 
 # Keys every backend takes: which model, under which name, served how.
-COMMON_KEYS = frozenset({"model_id", "model_name", "model_type", "backend"})
+# ray_resources places an instance on a Ray node (the front reads it), whatever its backend.
+COMMON_KEYS = frozenset({"model_id", "model_name", "model_type", "backend", "ray_resources"})
 
 
 class UnsupportedSpec(ValueError):

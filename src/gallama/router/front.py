@@ -67,8 +67,13 @@ def create_front(
     responses_store: ResponsesStore | None = None,
 ) -> FastAPI:
     # TCP_NODELAY: httpx writes headers and body separately, and Nagle plus delayed ACKs would hold the body 40 ms.
-    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None),
-                                         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    # Keepalive probes an idle connection after 10 s: a worker whose machine vanished without closing its
+    # connections (a Ray node) fails its requests then, instead of holding them forever.
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None), socket_options=[
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10), (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+    ])
     client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(None, connect=5.0))
 
     @asynccontextmanager
@@ -178,7 +183,9 @@ def create_front(
         specs = []
         for n, item in enumerate(items):
             try:
-                specs.append(resolve(spec_from_dict(item), config, spec_defaults))
+                spec = spec_from_dict(item)
+                # On a Ray cluster, the node that runs an instance finds its files and resolves its spec.
+                specs.append(pool.cluster.prepare(spec, config) if pool.cluster else resolve(spec, config, spec_defaults))
             except SpecError as error:
                 where = f"model {n + 1}: " if len(items) > 1 else ""
                 raise InvalidRequest(f"{where}{error}", param="model_id", code="invalid_model_spec") from None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gallama.config import ModelSpec
 from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound, ServiceUnavailable
-from gallama.router.instances import ModelGroup, WorkerFailed, WorkerInstance
+from gallama.router.instances import Instance, ModelGroup, WorkerFailed, WorkerInstance
+
+if TYPE_CHECKING:  # ray is an optional extra
+    from gallama.router.ray_instances import RayCluster
 
 log = logging.getLogger("gallama")
 
@@ -31,10 +34,12 @@ EMBEDDING_HELP = (
 
 
 class ModelPool:
-    def __init__(self, log_level: str = "warning", strict_model_names: bool = False, responses_store: str | None = None):
+    def __init__(self, log_level: str = "warning", strict_model_names: bool = False, responses_store: str | None = None,
+                 cluster: RayCluster | None = None):
         self.groups: dict[str, ModelGroup] = {}
         self.log_level = log_level
         self.responses_store = responses_store  # the SQLite file every worker keeps /v1/responses in
+        self.cluster = cluster  # serve --ray: every instance is a Ray actor's worker
         # Off: a request for a model that is not served goes to the default model of its kind, as the
         # original gallama and llama.cpp's server do (clients hard-code names such as "gpt-4o-mini").
         self.strict_model_names = strict_model_names
@@ -81,10 +86,13 @@ class ModelPool:
         """Loads `specs` (resolved, one per instance) under `name`; the name serves once all of them do."""
         if name in self.groups:
             raise ModelExists(name)
-        if len({spec.model_dump_json(exclude={"threads"}) for spec in specs}) > 1:
+        if len({spec.model_dump_json(exclude={"threads", "ray_resources"}) for spec in specs}) > 1:
             raise InvalidRequest(f"the instances of '{name}' must be the same model with the same settings",
                                  param="model_name")
-        group = ModelGroup(name, [WorkerInstance(spec, i + 1, self.log_level, self.responses_store) for i, spec in enumerate(specs)])
+        if self.cluster is None and any(spec.ray_resources for spec in specs):
+            raise InvalidRequest("ray_resources places an instance on a Ray cluster: serve with --ray ADDRESS "
+                                 "(or ray: in model_config.yaml)", param="ray_resources", code="invalid_model_spec")
+        group = ModelGroup(name, [self._instance(spec, i + 1) for i, spec in enumerate(specs)])
         self.groups[name] = group  # reserves the name; requests get a 503 until an instance serves
         try:
             await group.start(on_ready)
@@ -95,6 +103,11 @@ class ModelPool:
             del self.groups[name]
             raise
         return group
+
+    def _instance(self, spec: ModelSpec, index: int) -> Instance:
+        if self.cluster is not None:
+            return self.cluster.instance(spec, index, self.log_level, self.responses_store)
+        return WorkerInstance(spec, index, self.log_level, self.responses_store)
 
     async def remove(self, name: str) -> None:
         group = self.get(name)

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gallama.protocol.errors import ServiceUnavailable
 from gallama.router.handover import TRANSPORT
-from gallama.router.instances import WorkerInstance
+from gallama.router.instances import Instance
 from gallama.server.sse import error_frames
 from gallama.server.handover import HANDED_OVER_STATUS, HANDED_OVER_TYPE, HANDOVER_HEADER, LAST_CHUNK, chunk
 
@@ -23,14 +23,16 @@ from gallama.server.handover import HANDED_OVER_STATUS, HANDED_OVER_TYPE, HANDOV
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
 
 
-def worker_lost(instance: WorkerInstance, error: Exception) -> ServiceUnavailable:
+def worker_lost(instance: Instance, error: Exception) -> ServiceUnavailable:
+    """The error for a request whose worker failed; the instance gets no more requests until it answers again."""
+    instance.suspect()
     return ServiceUnavailable(
         f"The worker serving '{instance.spec.model_name}' failed during this request ({type(error).__name__}); "
         "it is being restarted.", code="worker_unavailable", headers={"Retry-After": "2"},
     )
 
 
-def _lost_event(instance: WorkerInstance, error: Exception, path: str) -> bytes:
+def _lost_event(instance: Instance, error: Exception, path: str) -> bytes:
     """The end of a stream whose worker failed: an error event, as the API's streams carry errors."""
     return error_frames(path, worker_lost(instance, error)).encode()
 
@@ -42,7 +44,7 @@ def _headers(upstream: httpx.Response) -> dict[str, str]:
 class _Relay(StreamingResponse):
     """An SSE response read from the worker; whatever ends it (done, worker lost, client gone) closes upstream."""
 
-    def __init__(self, upstream: httpx.Response, instance: WorkerInstance):
+    def __init__(self, upstream: httpx.Response, instance: Instance):
         self.upstream = upstream
         self.instance = instance
         super().__init__(self._chunks(), status_code=upstream.status_code, headers=_headers(upstream))
@@ -67,7 +69,7 @@ class _Relay(StreamingResponse):
 class HandedOver(Response):
     """The worker writes this stream to the client; the front waits for its end, then closes the connection."""
 
-    def __init__(self, upstream: httpx.Response, instance: WorkerInstance):
+    def __init__(self, upstream: httpx.Response, instance: Instance):
         self.upstream = upstream
         self.instance = instance
         self.background = None
@@ -100,12 +102,12 @@ async def _until_disconnect(receive) -> None:
 
 
 async def forward(
-    client: httpx.AsyncClient, instance: WorkerInstance, request: Request, body: bytes, handover: bool = False
+    client: httpx.AsyncClient, instance: Instance, request: Request, body: bytes, handover: bool = False
 ) -> Response:
     """Relays the request; with `handover`, offers the worker the client's socket to stream to itself."""
     instance.outstanding += 1
     instance.requests += 1
-    headers = {"content-type": request.headers.get("content-type", "application/json")}
+    headers = {"content-type": request.headers.get("content-type", "application/json"), **instance.headers}
     if "x-request-id" in request.headers:  # a handed-over stream's response carries it from the worker
         headers["x-request-id"] = request.headers["x-request-id"]
     token = instance.channel.offer(request) if handover and instance.channel is not None else None

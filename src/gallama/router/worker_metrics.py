@@ -9,6 +9,7 @@ import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from gallama.router.instances import Instance
 from gallama.router.pool import ModelPool
 
 
@@ -22,9 +23,9 @@ class _Families:
         return self.families
 
 
-async def _scrape(client: httpx.AsyncClient, base_url: str) -> str:
+async def _scrape(client: httpx.AsyncClient, instance: Instance) -> str:
     try:
-        response = await client.get(f"{base_url}/metrics", timeout=2)
+        response = await client.get(f"{instance.base_url}/metrics", headers=instance.headers, timeout=2)
     except httpx.HTTPError:
         return ""  # a worker that is restarting shows up at the next scrape
     return response.text if response.status_code == 200 else ""
@@ -44,6 +45,6 @@ def merge_families(scraped: list[tuple[dict[str, str], str]]) -> _Families:
 async def scrape_workers(client: httpx.AsyncClient, pool: ModelPool) -> _Families:
     instances = [(group.name, instance) for group in list(pool.groups.values()) for instance in group.instances
                  if instance.status == "ready"]
-    texts = await asyncio.gather(*(_scrape(client, instance.base_url) for _, instance in instances))
+    texts = await asyncio.gather(*(_scrape(client, instance) for _, instance in instances))
     return merge_families([({"model": model, "instance": str(instance.index)}, text)
                            for (model, instance), text in zip(instances, texts)])

@@ -79,6 +79,18 @@ class HandoverInbox:
             client.close()
 
 
+def connect_channel(name: str, secret: str) -> socket.socket | None:
+    """Connects to the front's HandoverListener (a Ray actor's worker on the front's node), the secret first."""
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        channel.connect("\0" + name)
+        channel.send(secret.encode())
+    except OSError:  # not the front's machine after all: the front relays this worker's streams
+        channel.close()
+        return None
+    return channel
+
+
 class DropUnclaimedSockets:
     """A request that named a socket and did not stream to it (an error, say) closes the worker's copy at its end:
     a copy left open would hold the client's connection open after the front closes it."""

@@ -1,4 +1,5 @@
-"""The worker process: one model instance behind the single-model app, on a free localhost port.
+"""The worker process: one model instance behind the single-model app, on a free port (of localhost, or of
+its node's cluster address when a Ray actor starts it: gallama.router.ray_host).
 
 The front starts it as `python -m gallama worker SPEC_JSON --handover-fd N` (N: its end of the
 channel that carries client sockets, see gallama.server.handover) and reads one JSON line from
@@ -23,9 +24,10 @@ from gallama.protocol.errors import ServerShuttingDown
 from gallama.serving.loading import load_served
 from gallama.serving.registry import ModelRegistry
 from gallama.server.app import create_app
+from gallama.server.cluster_secret import SECRET_ENV, RequireClusterSecret
 from gallama.server.graceful import GracefulServer
 from gallama.server.responses_store import ResponsesStore
-from gallama.server.handover import DropUnclaimedSockets, HandoverInbox
+from gallama.server.handover import DropUnclaimedSockets, HandoverInbox, connect_channel
 
 log = logging.getLogger("gallama.worker")
 
@@ -44,8 +46,9 @@ def _report(message: dict) -> None:
 
 
 def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | None = None,
-               responses_store: str | None = None) -> int:
+               responses_store: str | None = None, host: str = "127.0.0.1", handover_socket: str | None = None) -> int:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    secret = os.environ.pop(SECRET_ENV, None)  # a Ray-placed worker, reachable from the cluster's network
     spec = ModelSpec.model_validate_json(spec_json)
     started = time.perf_counter()
     try:
@@ -58,8 +61,11 @@ def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | No
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets of that proto, and without it
     # Nagle holds the response body behind its headers for a delayed ACK (40 ms a request).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.listen(512)  # connections queue from here on, before uvicorn accepts them
+    if handover_socket and secret:  # a Ray actor's worker on the front's node: connected before it reports
+        channel = connect_channel(handover_socket, secret)
+        handover_fd = channel.detach() if channel is not None else None
     _report({
         "port": sock.getsockname()[1],
         "pid": os.getpid(),
@@ -71,6 +77,8 @@ def run_worker(spec_json: str, log_level: str = "warning", handover_fd: int | No
     if handover_fd is not None:  # the front hands streamed requests' sockets over this channel
         app.state.handover = HandoverInbox(socket.socket(fileno=handover_fd))
         app.add_middleware(DropUnclaimedSockets, inbox=app.state.handover)
+    if secret:
+        app.add_middleware(RequireClusterSecret, secret=secret)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
 
     async def end_generations() -> None:
