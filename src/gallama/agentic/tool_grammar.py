@@ -3,6 +3,7 @@
 The grammar is Lark in llguidance's dialect: each call is the format's fixed
 text around a `%json` block holding the tool's parameter schema, so every
 emitted call names a given tool and its arguments validate against its schema.
+A custom tool's call holds its raw input between tags instead (custom_input.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import llguidance
 
+from gallama.agentic.custom_input import CustomInput
 from gallama.agentic.constraints import JSON_OPTIONS, ConstraintError, json_schema_grammar
 from gallama.agentic.schema_check import grammar_schema
 from gallama.agentic.tool_formats import ToolCallFormat
@@ -70,15 +72,27 @@ def tool_grammar(
     choice: str,
     parallel: bool,
     text_schema: dict[str, Any] | None = None,
+    custom: dict[str, CustomInput] | None = None,
 ) -> str:
-    """A Lark grammar for the whole answer.
+    """A Lark grammar for the whole answer (llguidance's JSON list of grammars when a custom tool's
+    input is a Lark grammar of its own).
 
     tools: name -> parameters schema. choice: "none", "auto", "required", or a
     tool name. text_schema: when the answer may be text, the schema it follows.
+    custom: the custom tools among them, whose freeform input goes between tags.
     """
+    custom = custom or {}
     rules = []
+    subgrammars: dict[str, str] = {}
     callable_names = [choice] if choice in tools else list(tools)
     for index, name in enumerate(callable_names):
+        if name in custom:
+            input_rules, inner = custom[name].rules(index)
+            rules += input_rules
+            subgrammars.update(inner)
+            close = f" {_literal(syntax.call_close)}" if syntax.call_close else ""
+            rules.append(f"call_{index}: {_literal(syntax.custom_prefix(name))} input_{index}{close}")
+            continue
         rules.append(
             f"call_{index}: {_literal(syntax.call_prefix(name))} "
             f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}"
@@ -101,4 +115,8 @@ def tool_grammar(
         top = "calls | text"
     else:
         top = "calls"
-    return f"start: {top}\n" + "\n".join(rules) + "\n"
+    grammar = f"start: {top}\n" + "\n".join(rules) + "\n"
+    if not subgrammars:
+        return grammar
+    return json.dumps({"grammars": [{"lark_grammar": grammar},
+                                    *({"name": name, "lark_grammar": text} for name, text in subgrammars.items())]})

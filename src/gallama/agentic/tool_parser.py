@@ -3,6 +3,8 @@
 The grammar fixes the layout of calls exactly, so the parser only has to follow
 it: the format's opening text, `{"name": "NAME", "ARGS_KEY": `, the arguments'
 JSON (tracked by bracket depth, strings aware), then `}` and the closing text.
+A custom tool's call is `{"name": "NAME"}<input>`, its raw input, `</input>` and
+the closing text; its input is passed on as the call's arguments.
 Arguments are passed on as they arrive, so streamed deltas carry fragments.
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
-from gallama.agentic.tool_formats import ToolCallFormat
+from gallama.agentic.tool_formats import INPUT_CLOSE, INPUT_OPEN, ToolCallFormat
 
 
 @dataclass
@@ -40,10 +43,12 @@ ParserEvent = TextDelta | CallStart | ArgumentsDelta | CallEnd
 
 
 class ToolCallParser:
-    def __init__(self, syntax: ToolCallFormat, mode: str):
-        """mode: "text" (no calls possible), "calls" (only calls), "auto" (either, decided by the start)."""
+    def __init__(self, syntax: ToolCallFormat, mode: str, whole_input: dict[str, Callable[[str], bool]] | None = None):
+        """mode: "text" (no calls possible), "calls" (only calls), "auto" (either, decided by the start).
+        whole_input: for a custom tool whose input may hold the closing tag, whether a text is a whole input."""
         self.syntax = syntax
         self.mode = mode
+        self.whole_input = whole_input or {}
         self._buffer = ""
         self._pos = 0
         self._calls = 0
@@ -53,8 +58,10 @@ class ToolCallParser:
         self._escaped = False
         self._text_started = True  # False right after the text tag: leading whitespace is dropped
         self._prefix = re.compile(
-            re.escape(syntax.call_open) + r'\{"name": "([^"]+)", "' + re.escape(syntax.arguments_key) + '": '
+            re.escape(syntax.call_open) + r'\{"name": "([^"]+)"(, "' + re.escape(syntax.arguments_key) + '": |'
+            + re.escape("}" + INPUT_OPEN) + ")"
         )
+        self._suffix = ""  # what closes the call being read, after its arguments
         self.calls: list[dict[str, str]] = []  # the finished calls: name and arguments
 
     def feed(self, text: str) -> list[ParserEvent]:
@@ -84,7 +91,7 @@ class ToolCallParser:
     def _parse_calls(self) -> list[ParserEvent]:
         events: list[ParserEvent] = []
         syntax = self.syntax
-        while self._pos < len(self._buffer):
+        while self._pos < len(self._buffer) or self._state == "after":  # an empty suffix ends a call at once
             rest = self._buffer[self._pos :]
             if self._state == "call":
                 lead = syntax.section_open if self._calls == 0 else syntax.separator
@@ -96,19 +103,20 @@ class ToolCallParser:
                 self._pos += match.end()
                 self.calls.append({"name": match.group(1), "arguments": ""})
                 events.append(CallStart(self._calls, match.group(1)))
-                self._state = "arguments"
-            elif self._state == "arguments":
-                fragment = self._scan_arguments(rest)
+                custom = match.group(2).endswith(INPUT_OPEN)
+                self._state = "input" if custom else "arguments"
+                self._suffix = syntax.call_close if custom else syntax.call_suffix()
+            elif self._state in ("arguments", "input"):
+                fragment = self._scan_input(rest) if self._state == "input" else self._scan_arguments(rest)
                 if fragment:
                     self.calls[-1]["arguments"] += fragment
                     events.append(ArgumentsDelta(self._calls, fragment))
-                if self._state == "arguments":
+                if self._state != "after":
                     break
-            else:  # after the arguments: "}" and the closing text
-                suffix = syntax.call_suffix()
-                if len(rest) < len(suffix):
+            else:  # after the arguments: the rest of the call's fixed text
+                if len(rest) < len(self._suffix):
                     break
-                self._pos += len(suffix)
+                self._pos += len(self._suffix)
                 events.append(CallEnd(self._calls))
                 self._calls += 1
                 self._state = "call"
@@ -136,6 +144,21 @@ class ToolCallParser:
                     return rest[: offset + 1]
         self._pos += len(rest)
         return rest
+
+    def _scan_input(self, rest: str) -> str:
+        """Consumes a custom call's raw input up to its closing tag; holds back what may begin that tag."""
+        call = self.calls[-1]
+        whole = self.whole_input.get(call["name"], lambda text: True)
+        end = rest.find(INPUT_CLOSE)
+        while end >= 0 and not whole(call["arguments"] + rest[:end]):
+            end = rest.find(INPUT_CLOSE, end + 1)  # a closing tag inside the input
+        if end >= 0:
+            self._pos += end + len(INPUT_CLOSE)
+            self._state = "after"
+            return rest[:end]
+        held = next((n for n in range(min(len(rest), len(INPUT_CLOSE) - 1), 0, -1) if INPUT_CLOSE.startswith(rest[-n:])), 0)
+        self._pos += len(rest) - held
+        return rest[: len(rest) - held]
 
     def finish(self) -> list[ParserEvent]:
         """At the end of generation: text that was held back as a possible call start."""

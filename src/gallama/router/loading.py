@@ -22,7 +22,8 @@ def load_llama_cpp(spec: ModelSpec) -> ServedModel:
         draft_cache_quant=spec.draft_cache_quant, draft_gpus=spec.draft_gpus,
     )
     template = Path(spec.chat_template).read_text() if spec.chat_template else None
-    return ServedModel.from_engine(spec.model_name, engine, template_override=template, request_timeout=spec.request_timeout)
+    return ServedModel.from_engine(spec.model_name, engine, template_override=template, request_timeout=spec.request_timeout,
+                                   default_max_tokens=spec.default_max_tokens)
 
 
 def load_embedding(spec: ModelSpec):

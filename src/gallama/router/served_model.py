@@ -20,6 +20,7 @@ class ServedModel:
     engine: LlamaCppEngine
     template: ChatTemplate
     request_timeout: float | None = None  # seconds a choice may take, queue wait included
+    default_max_tokens: int | None = None  # the output budget of a request that sets none
     created: int = field(default_factory=lambda: int(time.time()))
     runs: set = field(default_factory=set)  # the choices being generated (server.choices.ChoiceRun)
     ending: Exception | None = None  # set at shutdown: the error every running or later choice ends with
@@ -35,7 +36,8 @@ class ServedModel:
 
     @classmethod
     def from_engine(
-        cls, name: str, engine: LlamaCppEngine, template_override: str | None = None, request_timeout: float | None = None
+        cls, name: str, engine: LlamaCppEngine, template_override: str | None = None, request_timeout: float | None = None,
+        default_max_tokens: int | None = None,
     ) -> "ServedModel":
         metadata = engine.metadata()
         source = template_override or metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
@@ -44,7 +46,8 @@ class ServedModel:
             bos_token=engine.token_text(engine.bos_token_id) if engine.bos_token_id >= 0 else "",
             eos_token=engine.token_text(engine.eos_token_id) if engine.eos_token_id >= 0 else "",
         )
-        return cls(name=name, engine=engine, template=template, request_timeout=request_timeout)
+        return cls(name=name, engine=engine, template=template, request_timeout=request_timeout,
+                   default_max_tokens=default_max_tokens)
 
     @cached_property
     def tool_format(self) -> ToolCallFormat:

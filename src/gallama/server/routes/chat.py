@@ -13,7 +13,8 @@ from gallama.agentic.chat_template import TemplateError
 from gallama.agentic.reasoning import ReasoningSplitter, ReasoningTags
 from gallama.agentic.schema_check import AnswerCheck
 from gallama.agentic.thinking import ThinkingTemplate, ThinkingTemplateError
-from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
+from gallama.agentic.custom_input import CustomInput
+from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta
 from gallama.agentic.tools import ToolPlan, ToolRequestError, plan_tools
 from gallama.engines.base import EngineOverloaded
 from gallama.protocol.errors import AnswerInvalid, InvalidRequest, RateLimited
@@ -58,11 +59,11 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return rendered
 
 
-def tool_plan(model: ServedModel, body: ChatCompletionRequest) -> ToolPlan | None:
+def tool_plan(model: ServedModel, body: ChatCompletionRequest, custom: dict[str, CustomInput] | None = None) -> ToolPlan | None:
     tools = [tool.model_dump() for tool in body.tools] if body.tools else None
     choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
     try:
-        return plan_tools(tools, choice, body.parallel_tool_calls, model.tool_format)
+        return plan_tools(tools, choice, body.parallel_tool_calls, model.tool_format, custom)
     except ToolRequestError as error:
         raise InvalidRequest(str(error), param=error.param) from error
 
@@ -126,9 +127,12 @@ class ChatStart:
     verification: Verification | None = None  # the exact schema's check of each finished answer
 
 
-def start_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatStart:
-    """Plans and starts a chat request: the core that every chat-shaped API (chat, Responses, Messages) runs."""
-    plan = tool_plan(model, body)
+def start_chat(model: ServedModel, body: ChatCompletionRequest, custom: dict[str, CustomInput] | None = None) -> ChatStart:
+    """Plans and starts a chat request: the core that every chat-shaped API (chat, Responses, Messages) runs.
+
+    custom: the tools whose input is freeform text (Responses custom tools); their calls' arguments are that text.
+    """
+    plan = tool_plan(model, body, custom)
     grammar = answer_grammar(model, body, plan)
     verification = answer_verification(body, plan)
     answer_text = chat_prompt_text(model, body, plan)
@@ -238,7 +242,7 @@ class ChoiceOutput:
         return ChoiceOutput(self.model, self.plan, self.legacy, self.return_thinking, self.thinking_open)
 
     def __post_init__(self) -> None:
-        self.parser = ToolCallParser(self.plan.syntax, self.plan.parser_mode) if self.plan else None
+        self.parser = self.plan.parser() if self.plan else None
         self.splitter = ReasoningSplitter(REASONING_TAGS, already_open=self.thinking_open)
 
     def piece_deltas(self, piece: Piece) -> list[dict[str, Any]]:

@@ -72,7 +72,7 @@ def start_within_context(model: ServedModel, translation: Translation):
     """The chat started; with truncation "auto", its oldest turns dropped until it fits the context (and said so)."""
     while True:
         try:
-            return start_chat(model, translation.chat)
+            return start_chat(model, translation.chat, translation.custom)
         except ContextLengthExceeded:
             shorter = drop_oldest_turn(translation.chat) if translation.truncate else None
             if shorter is None:
