@@ -116,6 +116,10 @@ class RecordingProxy:
         items = [event["item"] for event in self.events if event.get("type") == "response.output_item.done"]
         return {item["call_id"]: item for item in items if item["type"] == "function_call" and item["name"] == name}
 
+    def ends(self) -> list[str]:
+        """How each finished response stream ended (response.completed or response.failed)."""
+        return [event["type"] for event in self.events if event.get("type") in ("response.completed", "response.failed")]
+
     def outputs_sent_back(self) -> dict[str, str]:
         """The function_call_output items the CLI sent in its later requests, by call_id."""
         return {item["call_id"]: item["output"] for request in self.requests for item in request.get("input", [])
@@ -146,10 +150,14 @@ def test_codex_runs_a_shell_command_and_sends_its_result_back(long_context_serve
                "-c", f"model_providers.gallama.base_url={proxy.url}/v1", "-c", "model_providers.gallama.wire_api=responses",
                "-c", f"model_instructions_file={instructions}", *CODEX_TRIM, "Run the command: echo hello"]
     env = {**os.environ, "HOME": str(tmp_path)}
-    # Codex sets no temperature: at the default (1) the 135M model answers in text in about two runs of
+    # Codex sets no temperature: at the default (1) the 135M model answers in text in about one run of
     # three (then the turn is over), or calls write_stdin or passes parameters Codex refuses; Codex sends
     # those errors back and the model tries again. A run goes on until a command that ran has its output
-    # sent back; the model would go on calling tools after it, so the run is stopped there.
+    # sent back and the model has answered that; the model may go on calling tools after it, so the run is
+    # stopped there.
+    def answered_a_result(log: Path) -> bool:
+        return ran_and_sent_back(log, proxy) is not None and len(proxy.ends()) == len(proxy.requests)
+
     try:
         for attempt in range(8):
             proxy.requests.clear()
@@ -160,24 +168,23 @@ def test_codex_runs_a_shell_command_and_sends_its_result_back(long_context_serve
                 process = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                            stderr=subprocess.STDOUT, start_new_session=True)
                 deadline = time.monotonic() + 300
-                while process.poll() is None and time.monotonic() < deadline and not ran_and_sent_back(log, proxy):
+                while process.poll() is None and time.monotonic() < deadline and not answered_a_result(log):
                     time.sleep(0.5)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
                 process.wait(30)
-            (tmp_path / f"proxy-{attempt}.json").write_text(json.dumps([proxy.requests, proxy.events]))
-            if ran_and_sent_back(log, proxy):
+            if answered_a_result(log):
                 break
     finally:
         proxy.close()
     events = codex_events(log)
     assert not [e for e in events if e.get("type") in ("error", "turn.failed")], log.read_text()[-3000:]
-    found = ran_and_sent_back(log, proxy)
-    assert found, (log.read_text()[-3000:], proxy.outputs_sent_back())
-    ran, sent_back = found
-    # What went back to the model is what the command did.
+    assert answered_a_result(log), (log.read_text()[-3000:], proxy.outputs_sent_back())
+    ran, sent_back = ran_and_sent_back(log, proxy)
+    # What went back to the model is what the command did, and the model's next answer came through.
     assert f"Process exited with code {ran['exit_code']}" in sent_back, sent_back
     assert ran["aggregated_output"].strip() in sent_back, sent_back
+    assert set(proxy.ends()) == {"response.completed"}
 
 
 def codex_events(log: Path) -> list[dict]:

@@ -7,12 +7,14 @@ import json
 import pytest
 
 from gallama.agentic.custom_input import CustomInput
-from gallama.protocol.errors import InvalidRequest, RequestTimedOut
+from gallama.protocol.errors import InvalidRequest, RequestTimedOut, ServiceUnavailable
 from gallama.protocol.responses_api import (
     EventStream,
+    ResponseIdentity,
     ResponseShell,
     ResponsesRequest,
     drop_oldest_turn,
+    lost_stream_events,
     open_reasoning,
     seal_reasoning,
     translate,
@@ -391,3 +393,18 @@ def test_input_items_are_the_conversation_without_the_output(tmp_path):
     assert [i["id"] for i in page["data"]] == ["r_item_0"] and not page["has_more"]
     with pytest.raises(InvalidRequest):
         input_items_page(items, 1, "sideways", None)
+
+
+def test_the_front_ends_a_lost_stream_as_the_same_response():
+    identity = ResponseIdentity.new()
+    chosen = ResponseIdentity.from_headers(identity.headers())
+    assert chosen == identity
+    body = request(input="x")
+    assert ResponseShell(body, translate(body), "m", SECRET, chosen).response("in_progress", [])["id"] == identity.id
+    assert ResponseIdentity.from_headers({}).id.startswith("resp_")  # no front: its own
+    error, failed = lost_stream_events(identity, "m", 40, ServiceUnavailable("gone", code="worker_unavailable"))
+    assert (error["type"], error["sequence_number"], error["code"]) == ("error", 40, "worker_unavailable")
+    assert failed["type"] == "response.failed" and failed["sequence_number"] == 41
+    response = failed["response"]
+    assert (response["id"], response["created_at"], response["status"]) == (identity.id, identity.created_at, "failed")
+    assert response["error"] == {"code": "worker_unavailable", "message": "gone"} and "output" not in response

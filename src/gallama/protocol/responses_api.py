@@ -469,14 +469,43 @@ def response_usage(chat_usage: dict[str, Any] | None, reasoning_tokens: int) -> 
     }
 
 
+RESPONSE_ID_HEADER = "x-gallama-response-id"
+RESPONSE_CREATED_HEADER = "x-gallama-response-created-at"
+
+
+@dataclass(frozen=True)
+class ResponseIdentity:
+    """A response's id and creation time. The front chooses them and hands them to the worker in request
+    headers, so that it can end the client's stream with this very response's response.failed when the
+    worker dies mid-stream (the openai SDK refuses a lifecycle event of another response id)."""
+
+    id: str
+    created_at: int
+
+    @classmethod
+    def new(cls) -> "ResponseIdentity":
+        return cls(new_item_id("resp"), int(time.time()))
+
+    def headers(self) -> dict[str, str]:
+        return {RESPONSE_ID_HEADER: self.id, RESPONSE_CREATED_HEADER: str(self.created_at)}
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> "ResponseIdentity":
+        """The front's choice; a new identity for a request that came without one (an app run without a front)."""
+        chosen, created = headers.get(RESPONSE_ID_HEADER), headers.get(RESPONSE_CREATED_HEADER, "")
+        return cls(chosen, int(created)) if chosen and created.isdigit() else cls.new()
+
+
 class ResponseShell:
     """The fields of one response object that do not depend on what the model wrote."""
 
-    def __init__(self, body: ResponsesRequest, translation: Translation, model: str, secret: bytes | None = None):
+    def __init__(self, body: ResponsesRequest, translation: Translation, model: str, secret: bytes | None = None,
+                 identity: ResponseIdentity | None = None):
         self.body = body
         self.translation = translation
-        self.id = new_item_id("resp")
-        self.created_at = int(time.time())
+        identity = identity or ResponseIdentity.new()
+        self.id = identity.id
+        self.created_at = identity.created_at
         self.model = model
         self.secret = secret
         self.seal = ENCRYPTED_REASONING in (body.include or [])
@@ -542,6 +571,20 @@ def error_object(error: APIError) -> dict[str, Any]:
     return {"code": error.code or error.error_type, "message": error.message}
 
 
+def error_event_fields(error: APIError) -> dict[str, Any]:
+    return {"code": error.code or error.error_type, "message": error.message, "param": error.param}
+
+
+def lost_stream_events(identity: ResponseIdentity, model: str, sequence: int, error: APIError) -> list[dict[str, Any]]:
+    """How the front ends a stream whose worker died: the error event and this response's response.failed,
+    numbered from `sequence` (above every event the worker sent). The front never saw the output items: the
+    response leaves `output` out, and the openai SDK fills it with the items the client received."""
+    response = {"id": identity.id, "object": "response", "created_at": identity.created_at, "status": "failed",
+                "error": error_object(error), "incomplete_details": None, "model": model}
+    return [{"type": "error", "sequence_number": sequence, **error_event_fields(error)},
+            {"type": "response.failed", "sequence_number": sequence + 1, "response": response}]
+
+
 class EventStream:
     """Chat completion chunks in, Responses stream events out (each with its sequence number)."""
 
@@ -582,13 +625,14 @@ class EventStream:
         if item is None:
             return []
         where = {"item_id": item["id"], "output_index": self.output.index(item)}
+        status = "incomplete" if self.finish_reason == "length" else "completed"  # a call, too, may be cut
         events = []
         if item["type"] == "message":
             part = item["content"][0]
             events.append(self.event("response.output_text.done", **where, content_index=0, text=part["text"],
                                      logprobs=[]))
             events.append(self.event("response.content_part.done", **where, content_index=0, part=part))
-            item["status"] = "incomplete" if self.finish_reason == "length" else "completed"
+            item["status"] = status
         elif item["type"] == "reasoning":
             part = item["content"][0]
             events.append(self.event("response.reasoning_text.done", **where, content_index=0, text=part["text"]))
@@ -599,10 +643,10 @@ class EventStream:
         elif item["type"] == "function_call":
             events.append(self.event("response.function_call_arguments.done", **where, name=item["name"],
                                      arguments=item["arguments"]))
-            item["status"] = "completed"
+            item["status"] = status
         elif item["type"] == "custom_tool_call":
             events.append(self.event("response.custom_tool_call_input.done", **where, input=item["input"]))
-            item["status"] = "completed"
+            item["status"] = status
         return events + [self.event("response.output_item.done", output_index=where["output_index"], item=item)]
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
@@ -676,5 +720,4 @@ class EventStream:
             if item.get("status") == "in_progress":
                 item["status"] = "incomplete"
         self.final = self.shell.response("failed", self.output, error=error_object(error))
-        return [self.event("error", code=error.code or error.error_type, message=error.message, param=error.param),
-                self.event("response.failed", response=self.final)]
+        return [self.event("error", **error_event_fields(error)), self.event("response.failed", response=self.final)]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from gallama.protocol.errors import APIError, ContextLengthExceeded, ResponseNotFound, ServerFailed
 from gallama.protocol.responses_api import (
-    EventStream, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
+    EventStream, ResponseIdentity, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
 )
 from gallama.router.served_model import ServedModel
 from gallama.server.responses_store import ResponsesStore
@@ -51,7 +51,7 @@ async def create_response(body: ResponsesRequest, request: Request):
         log.warning("responses: hosted tools not offered to the model (gallama cannot run them): %s",
                     ", ".join(translation.not_offered))
     chat = start_within_context(model, translation)
-    shell = ResponseShell(body, translation, body.model, secret)
+    shell = ResponseShell(body, translation, body.model, secret, ResponseIdentity.from_headers(request.headers))
     conversation = (history or []) + translation.input_items
 
     async def keep(response: dict[str, Any]) -> None:
