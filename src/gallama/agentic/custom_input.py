@@ -1,9 +1,11 @@
 """Custom tools: freeform text input, optionally constrained by a regex or a Lark grammar.
 
-A custom call's input is raw text between the format's input tags (tool_formats.INPUT_OPEN and
-INPUT_CLOSE). In the tool-call grammar it is a terminal (free text or the regex) that cannot hold the
-closing tag, so the first closing tag ends it, exactly as the parser reads it back; a Lark grammar
-is a subgrammar of its own (llguidance's `@name` reference), with its own lexemes.
+A custom call's input is raw text after the format's input tag (tool_formats.INPUT_OPEN), not a JSON
+string. Free text or a regex is a terminal that cannot hold the closing tag (INPUT_CLOSE), so the first
+closing tag ends it, exactly as the parser reads it back. A Lark grammar is a subgrammar of its own
+(llguidance's `@name` reference): its terminals are greedy and may match any closing tag (a line
+`/(.*)/` could go on past one), so its input runs to the end of the answer instead; that call comes
+last in the answer.
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ class CustomInput:
     syntax: Literal["text", "regex", "lark"] = "text"
     definition: str = ""  # the regex or the Lark grammar
 
+    @property
+    def runs_to_the_end(self) -> bool:
+        """The input ends with the answer, not with a closing tag."""
+        return self.syntax == "lark"
+
     def rules(self, index: int) -> tuple[list[str], dict[str, str]]:
-        """Lark rules defining `input_{index}` (the text up to the closing tag, which it includes), and the
-        subgrammars they reference by name."""
-        if self.syntax == "lark":
+        """Lark rules defining `input_{index}` (with its closing tag, if it has one), and the subgrammars they
+        reference by name."""
+        if self.runs_to_the_end:
             name = f"custom_input_{index}"
-            return [f"input_{index}: @{name} {json.dumps(INPUT_CLOSE)}"], {name: self.definition}
+            return [f"input_{index}: @{name}"], {name: self.definition}
         pattern = "(?s:.*)" if self.syntax == "text" else f"(?:{self.definition})"
         # Lazy up to the suffix: the input is what comes before the first closing tag.
         return [f"INPUT_{index}: /{_in_slashes(pattern)}/ & {_WITHOUT_CLOSE}",
@@ -69,16 +76,14 @@ def _in_slashes(pattern: str) -> str:
 
 
 class InputCheck:
-    """Whether a text is a whole input of a custom tool. The parser asks it at each closing tag that a Lark
-    grammar's own text may also hold (a patch may add a line with `</input>` in it): the input ends at the
-    first closing tag after a whole input, which is where the grammar lets the call go on."""
+    """A finished call's input against its grammar. The grammar enforced it token by token; a stop string
+    can still end the answer, and an input that runs to the end, mid-way."""
 
     def __init__(self, custom: CustomInput):
         self.matcher = llguidance.LLMatcher(_byte_tokenizer(), custom.grammar(), log_level=0)
 
-    def accepts(self, text: str) -> bool:
-        matcher = self.matcher.deep_copy()
-        return matcher.consume_tokens(list(text.encode())) and matcher.is_accepting()
-
     def violation(self, text: str) -> str | None:
-        return None if self.accepts(text) else "its grammar (the input does not parse)"
+        matcher = self.matcher.deep_copy()
+        if matcher.consume_tokens(list(text.encode())) and matcher.is_accepting():
+            return None
+        return "its grammar (the input does not parse)"

@@ -79,28 +79,43 @@ def tool_grammar(
 
     tools: name -> parameters schema. choice: "none", "auto", "required", or a
     tool name. text_schema: when the answer may be text, the schema it follows.
-    custom: the custom tools among them, whose freeform input goes between tags.
+    custom: the custom tools among them, whose freeform input is raw text (custom_input.py).
     """
     custom = custom or {}
     rules = []
     subgrammars: dict[str, str] = {}
+    closed, last = [], []  # calls that end with their closing text; calls whose input runs to the end
     callable_names = [choice] if choice in tools else list(tools)
     for index, name in enumerate(callable_names):
-        if name in custom:
-            input_rules, inner = custom[name].rules(index)
-            rules += input_rules
-            subgrammars.update(inner)
+        if name not in custom:
+            closed.append(f"call_{index}")
+            rules.append(f"call_{index}: {_literal(syntax.call_prefix(name))} "
+                         f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}")
+            continue
+        input_rules, inner = custom[name].rules(index)
+        rules += input_rules
+        subgrammars.update(inner)
+        if custom[name].runs_to_the_end:
+            last.append(f"call_{index}")
+            rules.append(f"call_{index}: {_literal(syntax.custom_prefix(name))} input_{index}")
+        else:
+            closed.append(f"call_{index}")
             close = f" {_literal(syntax.call_close)}" if syntax.call_close else ""
             rules.append(f"call_{index}: {_literal(syntax.custom_prefix(name))} input_{index}{close}")
-            continue
-        rules.append(
-            f"call_{index}: {_literal(syntax.call_prefix(name))} "
-            f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}"
-        )
-    rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(callable_names))))
-    repeat = f" ({_literal(syntax.separator)} call)*" if parallel and choice not in tools else ""
-    open_, close = _literal(syntax.section_open), _literal(syntax.section_close)
-    rules.append(f"calls: {open_ if syntax.section_open else ''} call{repeat} {close if syntax.section_close else ''}")
+    parallel = parallel and choice not in tools
+    section_open = _literal(syntax.section_open) if syntax.section_open else ""
+    section_close = _literal(syntax.section_close) if syntax.section_close else ""
+    separator = _literal(syntax.separator)
+    alternatives = []
+    if closed:
+        rules.append("call: " + " | ".join(closed))
+        repeat = f" ({separator} call)*" if parallel else ""
+        alternatives.append(f"{section_open} call{repeat} {section_close}")
+    if last:  # after any closed calls, and nothing after it: not even the section's closing text
+        rules.append("last_call: " + " | ".join(last))
+        before = f" (call {separator})*" if parallel and closed else ""
+        alternatives.append(f"{section_open}{before} last_call")
+    rules.append("calls: " + " | ".join(f"({alternative})" for alternative in alternatives))
     if text_schema is not None:
         rules.append(f"text: {_json_block(text_schema)}")
     else:

@@ -4,7 +4,8 @@ The grammar fixes the layout of calls exactly, so the parser only has to follow
 it: the format's opening text, `{"name": "NAME", "ARGS_KEY": `, the arguments'
 JSON (tracked by bracket depth, strings aware), then `}` and the closing text.
 A custom tool's call is `{"name": "NAME"}<input>`, its raw input, `</input>` and
-the closing text; its input is passed on as the call's arguments.
+the closing text, or (a Lark grammar's input) its raw input to the end of the
+answer; the input is passed on as the call's arguments.
 Arguments are passed on as they arrive, so streamed deltas carry fragments.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Collection
 
 from gallama.agentic.tool_formats import INPUT_CLOSE, INPUT_OPEN, ToolCallFormat
 
@@ -43,12 +44,12 @@ ParserEvent = TextDelta | CallStart | ArgumentsDelta | CallEnd
 
 
 class ToolCallParser:
-    def __init__(self, syntax: ToolCallFormat, mode: str, whole_input: dict[str, Callable[[str], bool]] | None = None):
+    def __init__(self, syntax: ToolCallFormat, mode: str, to_the_end: Collection[str] = ()):
         """mode: "text" (no calls possible), "calls" (only calls), "auto" (either, decided by the start).
-        whole_input: for a custom tool whose input may hold the closing tag, whether a text is a whole input."""
+        to_the_end: the custom tools whose input runs to the end of the answer."""
         self.syntax = syntax
         self.mode = mode
-        self.whole_input = whole_input or {}
+        self.to_the_end = to_the_end
         self._buffer = ""
         self._pos = 0
         self._calls = 0
@@ -103,9 +104,16 @@ class ToolCallParser:
                 self._pos += match.end()
                 self.calls.append({"name": match.group(1), "arguments": ""})
                 events.append(CallStart(self._calls, match.group(1)))
-                custom = match.group(2).endswith(INPUT_OPEN)
-                self._state = "input" if custom else "arguments"
-                self._suffix = syntax.call_close if custom else syntax.call_suffix()
+                if not match.group(2).endswith(INPUT_OPEN):
+                    self._state, self._suffix = "arguments", syntax.call_suffix()
+                elif match.group(1) in self.to_the_end:
+                    self._state, self._suffix = "last input", ""
+                else:
+                    self._state, self._suffix = "input", syntax.call_close
+            elif self._state == "last input":
+                self._pos = len(self._buffer)
+                self.calls[-1]["arguments"] += rest
+                events.append(ArgumentsDelta(self._calls, rest))
             elif self._state in ("arguments", "input"):
                 fragment = self._scan_input(rest) if self._state == "input" else self._scan_arguments(rest)
                 if fragment:
@@ -147,11 +155,7 @@ class ToolCallParser:
 
     def _scan_input(self, rest: str) -> str:
         """Consumes a custom call's raw input up to its closing tag; holds back what may begin that tag."""
-        call = self.calls[-1]
-        whole = self.whole_input.get(call["name"], lambda text: True)
         end = rest.find(INPUT_CLOSE)
-        while end >= 0 and not whole(call["arguments"] + rest[:end]):
-            end = rest.find(INPUT_CLOSE, end + 1)  # a closing tag inside the input
         if end >= 0:
             self._pos += end + len(INPUT_CLOSE)
             self._state = "after"
@@ -160,8 +164,12 @@ class ToolCallParser:
         self._pos += len(rest) - held
         return rest[: len(rest) - held]
 
-    def finish(self) -> list[ParserEvent]:
-        """At the end of generation: text that was held back as a possible call start."""
+    def finish(self, ended: bool = True) -> list[ParserEvent]:
+        """At the end of generation: text that was held back as a possible call start, and the end of an input
+        that runs to the end of the answer, when the model ended it (`ended`; not cut off by the token budget)."""
+        if self._state == "last input" and ended:
+            self._state = "after"
+            return self._parse_calls()
         if self.mode == "auto" and self._buffer:
             stripped = self._buffer.lstrip()
             if self.syntax.text_open and self.syntax.text_open.startswith(stripped):

@@ -60,11 +60,15 @@ def _example(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: str, c
     """
     function = next((t["function"] for t in tools if t["function"]["name"] == choice), tools[0]["function"])
     if function["name"] in custom:
-        return syntax.custom_prefix(function["name"]) + "..." + syntax.custom_suffix()
+        return _custom_example(syntax, function["name"], custom[function["name"]])
     parameters = function.get("parameters") or {}
     names = list(parameters.get("properties") or {})
     names = [name for name in names if name in (parameters.get("required") or [])][:2] or names[:2]
     return syntax.call_prefix(function["name"]) + json.dumps({name: "..." for name in names}) + syntax.call_suffix()
+
+
+def _custom_example(syntax: ToolCallFormat, name: str, form: CustomInput) -> str:
+    return syntax.custom_prefix(name) + "..." + ("" if form.runs_to_the_end else syntax.custom_suffix())
 
 
 def _listed(function: dict[str, Any], custom: dict[str, CustomInput]) -> str:
@@ -89,8 +93,8 @@ def _instructions(syntax: ToolCallFormat, tools: list[dict[str, Any]], choice: s
         rule = "If a function helps answer the user, call it; otherwise answer in plain text."
     freeform = ""
     if custom:
-        example = syntax.custom_prefix(next(iter(custom))) + "..." + syntax.custom_suffix()
-        freeform = f"A function with an input format takes raw text, not JSON: {example}\n"
+        name = next(iter(custom))
+        freeform = f"A function with an input takes raw text, not JSON: {_custom_example(syntax, name, custom[name])}\n"
     return (
         "You are a function calling AI model. You are given these functions:\n"
         f"<tools>\n{listing}\n</tools>\n"

@@ -44,8 +44,7 @@ class ToolPlan:
         return tool_grammar(parameters, self.syntax, self.choice, self.parallel, text_schema, self.custom)
 
     def parser(self) -> ToolCallParser:
-        whole_input = {name: self.checks[name].accepts for name in self.custom if name in self.checks}
-        return ToolCallParser(self.syntax, self.parser_mode, whole_input)
+        return ToolCallParser(self.syntax, self.parser_mode, {name for name, c in self.custom.items() if c.runs_to_the_end})
 
     def answer_check(self, text: SchemaCheck | None) -> AnswerCheck:
         return AnswerCheck(text=text, tools=self.checks)

@@ -261,9 +261,9 @@ class ChoiceOutput:
             self.reasoning += reasoning
             if self.return_thinking:
                 deltas.append({"reasoning_content": reasoning, "reasoning": reasoning})
-        return deltas + self.deltas(answer, finished)
+        return deltas + self.deltas(answer, piece.finish_reason)
 
-    def deltas(self, text: str, finished: bool) -> list[dict[str, Any]]:
+    def deltas(self, text: str, finish_reason: str | None) -> list[dict[str, Any]]:
         """The message deltas this text adds (content and tool-call pieces).
 
         The first call streams as it is written. Later calls are held until they
@@ -273,7 +273,9 @@ class ChoiceOutput:
         if self.parser is None:
             self.content += text
             return [{"content": text}] if text else []
-        events = self.parser.feed(text) + (self.parser.finish() if finished else [])
+        events = self.parser.feed(text)
+        if finish_reason is not None:  # an input that runs to the end of the answer is whole unless cut off
+            events += self.parser.finish(ended=finish_reason != "length")
         deltas = []
         for event in events:
             if self.repeated:
