@@ -281,6 +281,8 @@ def _custom_tool(tool: dict[str, Any], at: str, namespace: str | None = None) ->
 
 @dataclass
 class ChatTools:
+    """A Responses request's tools as the chat core takes them."""
+
     offered: list[dict[str, Any]] = field(default_factory=list)  # chat tools
     not_offered: list[str] = field(default_factory=list)  # the hosted tool types left out
     names: dict[str, ToolName] = field(default_factory=dict)  # chat tool name -> the client's name of it
@@ -289,18 +291,18 @@ class ChatTools:
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> ChatTools:
     found = ChatTools()
-    offered, not_offered = found.offered, found.not_offered
 
     def add(tool: dict[str, Any], at: str, namespace: str | None = None) -> None:
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind == "function":
-            offered.append(_function_tool(tool, at, namespace))
+            chat_tool = _function_tool(tool, at, namespace)
         elif kind == "custom":
-            chat_tool, found.custom[chat_tool["function"]["name"]] = _custom_tool(tool, at, namespace)
-            offered.append(chat_tool)
+            chat_tool, custom = _custom_tool(tool, at, namespace)
+            found.custom[chat_tool["function"]["name"]] = custom
         else:
             raise InvalidRequest(f"'{at}.type' must be function or custom inside a namespace.", param=f"{at}.type")
-        found.names[offered[-1]["function"]["name"]] = ToolName(tool["name"], namespace, kind == "custom")
+        found.offered.append(chat_tool)
+        found.names[chat_tool["function"]["name"]] = ToolName(tool["name"], namespace, kind == "custom")
 
     for index, tool in enumerate(tools or []):
         at = f"tools[{index}]"
@@ -315,10 +317,10 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> ChatTools:
             for number, member in enumerate(inner):
                 add(member, f"{at}.tools[{number}]", namespace)
                 if tool.get("description"):  # the namespace's description, shown to the model with each tool
-                    function = offered[-1]["function"]
+                    function = found.offered[-1]["function"]
                     function["description"] = f"({namespace}: {tool['description']}) {function.get('description', '')}".strip()
         elif kind in HOSTED_TOOL_TYPES:
-            not_offered.append(kind)
+            found.not_offered.append(kind)
         else:
             raise InvalidRequest(f"'{at}.type' {kind!r} is not a tool type this server knows.", param=f"{at}.type",
                                  code="unsupported_tool")
