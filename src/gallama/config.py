@@ -89,6 +89,8 @@ class ModelSpec(BaseModel):
     request_timeout: float | None = Field(default=None, gt=0)  # seconds; a longer generation ends with an error
     # Custom node resources a Ray-placed instance needs (serve --ray), e.g. the node that holds its files.
     ray_resources: dict[str, float] | None = None
+    # The output budget of a request that sets none (llama-server's --n-predict); default: the rest of the context.
+    default_max_tokens: int | None = Field(default=None, gt=0)
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
     # The original gallama's README spells them exLlama, Llama_cpp, fp16, q8: users copy those.

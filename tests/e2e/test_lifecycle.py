@@ -1,8 +1,10 @@
-"""Request timeouts (a model added to the shared server) and graceful shutdown on SIGTERM (a server of its own)."""
+"""Request timeouts (a model added to the shared server), graceful shutdown on SIGTERM and a worker killed
+mid-stream (a server of its own)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -104,3 +106,37 @@ def test_sigterm_ends_a_busy_stream_and_exits_zero(stoppable):
     # New connections are refused once it stopped.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{stoppable.base_url}/health", timeout=2)
+
+
+# At least 300 numbers: the grammar keeps the model from ending early, so the stream outlasts the kill.
+NUMBERS = {"type": "json_schema", "name": "numbers", "strict": True, "schema": {
+    "type": "object", "properties": {"numbers": {"type": "array", "items": {"type": "integer"}, "minItems": 300}},
+    "required": ["numbers"], "additionalProperties": False}}
+
+
+@pytest.mark.parametrize("handed_over", [True, False], ids=["handed-over", "relayed"])
+def test_a_worker_killed_mid_responses_stream_ends_it_with_response_failed(stoppable, handed_over):
+    # A request with an Origin is relayed by the front (CORS may need to add headers); others are handed over.
+    client = openai.OpenAI(base_url=stoppable.api_url, api_key="unused", max_retries=0,
+                           default_headers={} if handed_over else {"Origin": "http://localhost"})
+    worker = httpx.get(f"{stoppable.base_url}/health").json()["models"][0]["instances"][0]["pid"]
+    events = []
+    with client.responses.stream(model=DEFAULT_MODEL, input="List numbers.", text={"format": NUMBERS},
+                                 max_output_tokens=1500, temperature=0, store=False) as stream:
+        for event in stream:
+            events.append(event)
+            if len(events) == 8:  # streaming for sure
+                os.kill(worker, signal.SIGKILL)
+    kinds = [event.type for event in events]
+    assert "response.output_text.delta" in kinds and "response.completed" not in kinds
+    assert kinds[-2:] == ["error", "response.failed"], kinds[-5:]
+    assert events[-2].code == "worker_unavailable" and "worker" in events[-2].message
+    failed = events[-1].response
+    # The same response as the one created (the front chose its id), numbered after every event before it.
+    assert failed.id == events[0].response.id and failed.status == "failed"
+    assert failed.error.code == "worker_unavailable"
+    numbers = [event.sequence_number for event in events]
+    assert numbers == sorted(set(numbers))
+    # A relayed stream passed the front, which counted its events; a handed-over one went past it, and the
+    # worker's reservations (gallama.server.handover.RESERVED_EVENTS) may leave a gap before the failure.
+    assert numbers[-2] == numbers[-3] + 1 if not handed_over else numbers[-2] > numbers[-3]

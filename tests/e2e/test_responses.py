@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from pathlib import Path
 
 import httpx
+import llguidance
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.byte_tokenizer import byte_tokenizer
 from tests.conftest import DEFAULT_MODEL, start_server, stop_server
 
 WEATHER = {
@@ -264,11 +267,59 @@ def test_stream_with_a_custom_regex_grammar_tool(client):
     assert "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta") == item.input
 
 
-def test_lark_custom_tools_are_a_400_naming_the_syntax(client):
-    tool = {"type": "custom", "name": "patch", "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"x\""}}
+# Codex's apply_patch tool (its grammar: codex-rs/core/src/tools/handlers/tool_apply_patch.lark in openai/codex).
+APPLY_PATCH = {
+    "type": "custom", "name": "apply_patch",
+    # An example input for the 135M model to copy; the grammar alone leaves it free to write lines forever.
+    "description": "Edits files. Example input:\n*** Begin Patch\n*** Add File: notes.txt\n+first line\n*** End Patch",
+    "format": {"type": "grammar", "syntax": "lark",
+               "definition": (Path(__file__).parent.parent / "data" / "codex_apply_patch.lark").read_text()},
+}
+
+
+def is_a_patch(text: str) -> bool:
+    """Checked by llguidance's own matcher on bytes, outside gallama."""
+    matcher = llguidance.LLMatcher(byte_tokenizer(), APPLY_PATCH["format"]["definition"], log_level=0)
+    return matcher.consume_tokens(list(text.encode())) and matcher.is_accepting()
+
+
+def test_stream_with_codex_apply_patch_lark_grammar(client):
+    with client.responses.stream(model=DEFAULT_MODEL, input="Create the file hello.txt with the line hello.",
+                                 tools=[APPLY_PATCH], tool_choice={"type": "custom", "name": "apply_patch"},
+                                 temperature=0.7, max_output_tokens=150, store=False, extra_body={"seed": 1}) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert kinds[-1] == "response.completed" and final.status == "completed"
+    item = next(e.item for e in events if e.type == "response.output_item.done")
+    assert item.type == "custom_tool_call" and item.name == "apply_patch" and item.status == "completed"
+    assert is_a_patch(item.input), item.input
+    deltas = [e.delta for e in events if e.type == "response.custom_tool_call_input.delta"]
+    assert len(deltas) > 3 and "".join(deltas) == item.input  # streamed as written, raw
+    assert next(e for e in events if e.type == "response.custom_tool_call_input.done").input == item.input
+
+
+def test_create_with_codex_apply_patch_then_its_output(client):
+    first = create(client, input="Create the file hello.txt with the line hello.", tools=[APPLY_PATCH],
+                   tool_choice="required", max_output_tokens=150, store=False)
+    call = next(item for item in first.output if item.type == "custom_tool_call")
+    assert is_a_patch(call.input), call.input
+    # The call and its output sent back, as Codex does: the patch goes into the prompt raw.
+    follow = create(client, tools=[APPLY_PATCH], max_output_tokens=16, store=False, input=[
+        {"role": "user", "content": "Create the file hello.txt with the line hello."},
+        {"type": "custom_tool_call", "call_id": call.call_id, "name": "apply_patch", "input": call.input},
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Success. Updated: A hello.txt"},
+    ])
+    assert follow.status in ("completed", "incomplete")
+    assert follow.usage.input_tokens > first.usage.input_tokens + 10
+
+
+def test_a_custom_grammar_that_does_not_compile_is_a_400_naming_it(client):
+    tool = {"type": "custom", "name": "patch", "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}}
     with pytest.raises(openai.BadRequestError) as caught:
         create(client, input="Hi", tools=[tool], max_output_tokens=4, store=False)
-    assert caught.value.body["param"] == "tools[0].format.syntax"
+    assert caught.value.body["param"] == "tools[0].format.definition"
+    assert caught.value.body["code"] == "invalid_grammar"
 
 
 THINKING = "<thinking><step>{first step}</step><step>{second step}</step></thinking>"

@@ -3,10 +3,12 @@ the worker's copy writes to the same connection the front accepted."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 
 from gallama.router.handover import HandoverChannel, HandoverListener
-from gallama.server.handover import HandoverInbox, LAST_CHUNK, _head, chunk, connect_channel
+from gallama.server.handover import HandedOverStream, HandoverInbox, LAST_CHUNK, _head, chunk, connect_channel
 
 
 class _Scope:
@@ -101,3 +103,35 @@ def test_a_worker_the_front_did_not_spawn_connects_its_channel_with_the_secret()
     finally:
         listener.close()
     assert connect_channel(listener.name, "s3cret") is None  # the name is gone with the listener
+
+
+def test_a_numbered_stream_tells_the_front_a_number_above_every_event_sent():
+    client, peer = socket.socketpair()
+    peer.setblocking(False)
+    received = bytearray()
+    reservations: list[tuple[int, int]] = []  # (reserved, events the client had by then)
+
+    async def frames():
+        for n in range(70):
+            yield f"event: e\ndata: {n}\n\n"
+
+    async def send(message):
+        with contextlib.suppress(BlockingIOError):
+            received.extend(peer.recv(1 << 20))
+        if message.get("more_body"):
+            reservations.append((int(message["body"]), received.count(b"\n\n")))
+
+    async def receive():
+        await asyncio.Event().wait()  # the front stays
+
+    stream = HandedOverStream(client, frames(), {}, stop=lambda: None, numbered=True)
+    asyncio.run(stream(None, receive, send))
+    received.extend(peer.recv(1 << 20))
+    peer.close()
+    assert received.count(b"\n\n") == 70
+    assert len(reservations) == 3  # one line per RESERVED_EVENTS events, not one per event
+    previous = 0
+    for reserved, had in reservations:  # never an event numbered at or past the last reservation
+        assert had <= previous < reserved
+        previous = reserved
+    assert 70 <= previous

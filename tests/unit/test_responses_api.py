@@ -6,12 +6,15 @@ import json
 
 import pytest
 
-from gallama.protocol.errors import InvalidRequest, RequestTimedOut
+from gallama.agentic.custom_input import CustomInput
+from gallama.protocol.errors import InvalidRequest, RequestTimedOut, ServiceUnavailable
 from gallama.protocol.responses_api import (
     EventStream,
+    ResponseIdentity,
     ResponseShell,
     ResponsesRequest,
     drop_oldest_turn,
+    lost_stream_events,
     open_reasoning,
     seal_reasoning,
     translate,
@@ -153,7 +156,7 @@ def test_length_is_incomplete():
 def test_custom_tool_calls_come_back_as_custom_tool_call_items():
     custom = {"type": "custom", "name": "apply_patch", "description": "Patch files."}
     message = {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "apply_patch", "arguments": "{\"input\": \"diff\"}"}}]}
+        {"id": "c", "type": "function", "function": {"name": "apply_patch", "arguments": "diff"}}]}
     response = shell(tools=[custom]).final(message, "tool_calls", CHAT_USAGE, len)
     assert response["output"][0]["type"] == "custom_tool_call"
     assert response["output"][0]["input"] == "diff"
@@ -209,19 +212,26 @@ def test_event_stream_failure_ends_with_response_failed():
     assert failed["output"][0]["status"] == "incomplete"
 
 
-def test_custom_tool_input_streams_decoded():
+def test_custom_tool_input_streams_as_written():
     events = EventStream(shell(tools=[{"type": "custom", "name": "apply_patch"}]), len)
     events.start()
     out = events.feed(chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "apply_patch", "arguments": ""}}]}))
-    arguments = json.dumps({"input": "*** Begin Patch\n\"quoted\" \\ caf\u00e9 \U0001F600\n*** End Patch"})
-    for start in range(0, len(arguments), 3):  # pieces that cut escapes in half
-        out += events.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start:start + 3]}}]}))
+    patch = "*** Begin Patch\n\"quoted\" \\ caf\u00e9 \U0001F600\n*** End Patch"
+    for start in range(0, len(patch), 3):  # the chat core passes a custom call's raw input on as its arguments
+        out += events.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": patch[start:start + 3]}}]}))
     out += events.finish()
-    assert out[0]["item"]["type"] == "custom_tool_call" and "_arguments" not in out[0]["item"]
+    assert out[0]["item"]["type"] == "custom_tool_call" and out[0]["item"]["input"] == ""
     deltas = [e["delta"] for e in out if e["type"] == "response.custom_tool_call_input.delta"]
     done = next(e for e in out if e["type"] == "response.custom_tool_call_input.done")
-    assert len(deltas) > 5 and "".join(deltas) == done["input"] == json.loads(arguments)["input"]
-    assert "_arguments" not in out[-1]["response"]["output"][0]
+    assert len(deltas) > 5 and "".join(deltas) == done["input"] == patch
+    assert out[-1]["response"]["output"][0]["input"] == patch
+
+
+def test_output_item_added_carries_the_item_as_announced():
+    events = EventStream(shell(), len)
+    events.start()
+    added = events.feed(chunk({"content": "Hello"}))[0]
+    assert added["type"] == "response.output_item.added" and added["item"]["content"][0]["text"] == ""
 
 
 def test_sealed_reasoning_round_trip_and_tampering():
@@ -268,14 +278,27 @@ def test_store_bounds_bytes(tmp_path):
     assert store.ids() == ["b", "c"]
 
 
-def test_a_regex_custom_tool_constrains_its_input_string():
-    tool = {"type": "custom", "name": "code", "format": {"type": "grammar", "syntax": "regex", "definition": "[0-9]+"}}
-    chat = translate(request(input="x", tools=[tool], tool_choice={"type": "custom", "name": "code"}), secret=SECRET).chat
-    assert chat.tools[0].function.parameters["properties"]["input"] == {"type": "string", "pattern": "^(?:[0-9]+)$"}
-    assert chat.tool_choice.function.name == "code"
+def test_custom_tools_keep_their_input_format_for_the_chat_core():
+    regex = {"type": "custom", "name": "code", "format": {"type": "grammar", "syntax": "regex", "definition": "[0-9]+"}}
+    lark = {"type": "custom", "name": "patch", "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"x\""}}
+    translation = translate(request(input="x", tools=[regex, lark, {"type": "custom", "name": "free"}],
+                                    tool_choice={"type": "custom", "name": "code"}), secret=SECRET)
+    assert translation.custom == {"code": CustomInput("regex", "[0-9]+"), "patch": CustomInput("lark", 'start: "x"'),
+                                  "free": CustomInput()}
+    assert translation.chat.tools[0].function.parameters["properties"]["input"] == {"type": "string"}
+    assert translation.chat.tool_choice.function.name == "code"
+
+
+@pytest.mark.parametrize(("fmt", "param"), [
+    ({"type": "grammar", "syntax": "lark", "definition": "start: undefined_rule"}, "tools[0].format.definition"),
+    ({"type": "grammar", "syntax": "regex", "definition": "a("}, "tools[0].format.definition"),
+    ({"type": "grammar", "syntax": "ebnf", "definition": "x"}, "tools[0].format.syntax"),
+    ({"type": "grammar", "syntax": "lark"}, "tools[0].format.definition"),
+])
+def test_a_custom_format_that_cannot_be_enforced_is_a_400_naming_it(fmt, param):
     with pytest.raises(InvalidRequest) as caught:
-        translate(request(input="x", tools=[{**tool, "format": {"type": "grammar", "syntax": "lark", "definition": "s"}}]))
-    assert caught.value.param == "tools[0].format.syntax"
+        translate(request(input="x", tools=[{"type": "custom", "name": "t", "format": fmt}]))
+    assert caught.value.param == param
 
 
 def test_namespace_tools_are_called_back_with_their_namespace():
@@ -370,3 +393,18 @@ def test_input_items_are_the_conversation_without_the_output(tmp_path):
     assert [i["id"] for i in page["data"]] == ["r_item_0"] and not page["has_more"]
     with pytest.raises(InvalidRequest):
         input_items_page(items, 1, "sideways", None)
+
+
+def test_the_front_ends_a_lost_stream_as_the_same_response():
+    identity = ResponseIdentity.new()
+    chosen = ResponseIdentity.from_headers(identity.headers())
+    assert chosen == identity
+    body = request(input="x")
+    assert ResponseShell(body, translate(body), "m", SECRET, chosen).response("in_progress", [])["id"] == identity.id
+    assert ResponseIdentity.from_headers({}).id.startswith("resp_")  # no front: its own
+    error, failed = lost_stream_events(identity, "m", 40, ServiceUnavailable("gone", code="worker_unavailable"))
+    assert (error["type"], error["sequence_number"], error["code"]) == ("error", 40, "worker_unavailable")
+    assert failed["type"] == "response.failed" and failed["sequence_number"] == 41
+    response = failed["response"]
+    assert (response["id"], response["created_at"], response["status"]) == (identity.id, identity.created_at, "failed")
+    assert response["error"] == {"code": "worker_unavailable", "message": "gone"} and "output" not in response

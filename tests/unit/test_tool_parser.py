@@ -7,6 +7,7 @@ from gallama.agentic.tool_formats import GENERIC, HERMES, LLAMA3, MISTRAL, detec
 from gallama.agentic.tool_grammar import tool_grammar
 from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
 from gallama.agentic.tools import plan_tools
+from tests.byte_tokenizer import byte_tokenizer
 
 TOOLS = {
     "get_weather": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -50,19 +51,8 @@ def test_auto_mode_text_answer():
     assert parser.complete_calls == []
 
 
-class ByteTokenizer:
-    """One token per byte: grammar tests independent of any model's vocabulary."""
-
-    eos_token_id = 256
-    bos_token_id = None
-    tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
-
-    def __call__(self, text):
-        return list(text)
-
-
 def accepts(grammar: str, text: str) -> bool:
-    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(ByteTokenizer()))
+    tokenizer = byte_tokenizer()
     matcher = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
     tokens = list(text.encode())
     if matcher.validate_tokens(tokens) != len(tokens):

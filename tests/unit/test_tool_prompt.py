@@ -26,6 +26,13 @@ def test_named_choice_example_calls_that_tool():
     assert "<response>" not in prompt
 
 
+def test_example_shows_the_required_parameters():
+    shell = {"type": "function", "function": {"name": "exec_command", "parameters": {
+        "type": "object", "properties": {"cmd": {}, "justification": {}, "workdir": {}}, "required": ["cmd"]}}}
+    prompt = generic_history(ASK, GENERIC, [shell], "auto")[0]["content"]
+    assert '<tool_call>{"name": "exec_command", "arguments": {"cmd": "..."}}</tool_call>' in prompt
+
+
 def test_instructions_follow_a_given_system_prompt():
     prompt = system_prompt("required", [{"role": "system", "content": "Be brief."}, *ASK])
     assert prompt.startswith("Be brief.\n\n") and "one or more function calls" in prompt

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+INPUT_OPEN, INPUT_CLOSE = "<input>", "</input>"
+
+
 @dataclass(frozen=True)
 class ToolCallFormat:
     name: str
@@ -32,6 +35,15 @@ class ToolCallFormat:
 
     def call_suffix(self) -> str:
         return "}" + self.call_close
+
+    # A custom tool's freeform input is raw text between fixed tags, not a JSON string: a grammar
+    # (Lark, regex) constrains the text itself, and a small model writes a patch or a script
+    # without escaping every line.
+    def custom_prefix(self, name: str) -> str:
+        return f'{self.call_open}{{"name": "{name}"}}{INPUT_OPEN}'
+
+    def custom_suffix(self) -> str:
+        return INPUT_CLOSE + self.call_close
 
     @property
     def start(self) -> str:

@@ -3,6 +3,7 @@
 The grammar is Lark in llguidance's dialect: each call is the format's fixed
 text around a `%json` block holding the tool's parameter schema, so every
 emitted call names a given tool and its arguments validate against its schema.
+A custom tool's call holds its raw input between tags instead (custom_input.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import llguidance
 
+from gallama.agentic.custom_input import CustomInput
 from gallama.agentic.constraints import JSON_OPTIONS, ConstraintError, json_schema_grammar
 from gallama.agentic.schema_check import grammar_schema
 from gallama.agentic.tool_formats import ToolCallFormat
@@ -70,25 +72,52 @@ def tool_grammar(
     mode: str,
     parallel: bool,
     text_schema: dict[str, Any] | None = None,
+    custom: dict[str, CustomInput] | None = None,
     *,
     forced: str | None = None,
 ) -> str:
-    """A Lark grammar for the whole answer.
+    """A Lark grammar for the whole answer (llguidance's JSON list of grammars when a custom tool's
+    input is a Lark grammar of its own).
 
     tools: name -> parameters schema. mode: "none", "auto" or "required"; forced: the one
     tool a "required" answer calls. text_schema: when the answer may be text, the schema it follows.
+    custom: the custom tools among them, whose freeform input is raw text (custom_input.py).
     """
+    custom = custom or {}
     rules = []
+    subgrammars: dict[str, str] = {}
+    closed, last = [], []  # calls that end with their closing text; calls whose input runs to the end
     callable_names = [forced] if forced is not None else list(tools)
     for index, name in enumerate(callable_names):
-        rules.append(
-            f"call_{index}: {_literal(syntax.call_prefix(name))} "
-            f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}"
-        )
-    rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(callable_names))))
-    repeat = f" ({_literal(syntax.separator)} call)*" if parallel and forced is None else ""
-    open_, close = _literal(syntax.section_open), _literal(syntax.section_close)
-    rules.append(f"calls: {open_ if syntax.section_open else ''} call{repeat} {close if syntax.section_close else ''}")
+        if name not in custom:
+            closed.append(f"call_{index}")
+            rules.append(f"call_{index}: {_literal(syntax.call_prefix(name))} "
+                         f"{_json_block(arguments_schema(tools[name]))} {_literal(syntax.call_suffix())}")
+            continue
+        input_rules, inner = custom[name].rules(index)
+        rules += input_rules
+        subgrammars.update(inner)
+        if custom[name].runs_to_the_end:
+            last.append(f"call_{index}")
+            rules.append(f"call_{index}: {_literal(syntax.custom_prefix(name))} input_{index}")
+        else:
+            closed.append(f"call_{index}")
+            close = f" {_literal(syntax.call_close)}" if syntax.call_close else ""
+            rules.append(f"call_{index}: {_literal(syntax.custom_prefix(name))} input_{index}{close}")
+    parallel = parallel and forced is None
+    section_open = _literal(syntax.section_open) if syntax.section_open else ""
+    section_close = _literal(syntax.section_close) if syntax.section_close else ""
+    separator = _literal(syntax.separator)
+    alternatives = []
+    if closed:
+        rules.append("call: " + " | ".join(closed))
+        repeat = f" ({separator} call)*" if parallel else ""
+        alternatives.append(f"{section_open} call{repeat} {section_close}")
+    if last:  # after any closed calls, and nothing after it: not even the section's closing text
+        rules.append("last_call: " + " | ".join(last))
+        before = f" (call {separator})*" if parallel and closed else ""
+        alternatives.append(f"{section_open}{before} last_call")
+    rules.append("calls: " + " | ".join(f"({alternative})" for alternative in alternatives))
     if text_schema is not None:
         rules.append(f"text: {_json_block(text_schema)}")
     else:
@@ -103,4 +132,8 @@ def tool_grammar(
         top = "calls | text"
     else:
         top = "calls"
-    return f"start: {top}\n" + "\n".join(rules) + "\n"
+    grammar = f"start: {top}\n" + "\n".join(rules) + "\n"
+    if not subgrammars:
+        return grammar
+    return json.dumps({"grammars": [{"lark_grammar": grammar},
+                                    *({"name": name, "lark_grammar": text} for name, text in subgrammars.items())]})

@@ -3,6 +3,9 @@
 The grammar fixes the layout of calls exactly, so the parser only has to follow
 it: the format's opening text, `{"name": "NAME", "ARGS_KEY": `, the arguments'
 JSON (tracked by bracket depth, strings aware), then `}` and the closing text.
+A custom tool's call is `{"name": "NAME"}<input>`, its raw input, `</input>` and
+the closing text, or (a Lark grammar's input) its raw input to the end of the
+answer; the input is passed on as the call's arguments.
 Arguments are passed on as they arrive, so streamed deltas carry fragments.
 """
 
@@ -10,8 +13,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Collection
 
-from gallama.agentic.tool_formats import ToolCallFormat
+from gallama.agentic.tool_formats import INPUT_CLOSE, INPUT_OPEN, ToolCallFormat
 
 
 @dataclass
@@ -40,10 +44,12 @@ ParserEvent = TextDelta | CallStart | ArgumentsDelta | CallEnd
 
 
 class ToolCallParser:
-    def __init__(self, syntax: ToolCallFormat, mode: str):
-        """mode: "text" (no calls possible), "calls" (only calls), "auto" (either, decided by the start)."""
+    def __init__(self, syntax: ToolCallFormat, mode: str, to_the_end: Collection[str] = ()):
+        """mode: "text" (no calls possible), "calls" (only calls), "auto" (either, decided by the start).
+        to_the_end: the custom tools whose input runs to the end of the answer."""
         self.syntax = syntax
         self.mode = mode
+        self.to_the_end = to_the_end
         self._buffer = ""
         self._pos = 0
         self._calls = 0
@@ -53,8 +59,10 @@ class ToolCallParser:
         self._escaped = False
         self._text_started = True  # False right after the text tag: leading whitespace is dropped
         self._prefix = re.compile(
-            re.escape(syntax.call_open) + r'\{"name": "([^"]+)", "' + re.escape(syntax.arguments_key) + '": '
+            re.escape(syntax.call_open) + r'\{"name": "([^"]+)"(, "' + re.escape(syntax.arguments_key) + '": |'
+            + re.escape("}" + INPUT_OPEN) + ")"
         )
+        self._suffix = ""  # what closes the call being read, after its arguments
         self.calls: list[dict[str, str]] = []  # the finished calls: name and arguments
 
     def feed(self, text: str) -> list[ParserEvent]:
@@ -84,7 +92,7 @@ class ToolCallParser:
     def _parse_calls(self) -> list[ParserEvent]:
         events: list[ParserEvent] = []
         syntax = self.syntax
-        while self._pos < len(self._buffer):
+        while self._pos < len(self._buffer) or self._state == "after":  # an empty suffix ends a call at once
             rest = self._buffer[self._pos :]
             if self._state == "call":
                 lead = syntax.section_open if self._calls == 0 else syntax.separator
@@ -96,19 +104,27 @@ class ToolCallParser:
                 self._pos += match.end()
                 self.calls.append({"name": match.group(1), "arguments": ""})
                 events.append(CallStart(self._calls, match.group(1)))
-                self._state = "arguments"
-            elif self._state == "arguments":
-                fragment = self._scan_arguments(rest)
+                if not match.group(2).endswith(INPUT_OPEN):
+                    self._state, self._suffix = "arguments", syntax.call_suffix()
+                elif match.group(1) in self.to_the_end:
+                    self._state, self._suffix = "last input", ""
+                else:
+                    self._state, self._suffix = "input", syntax.call_close
+            elif self._state == "last input":
+                self._pos = len(self._buffer)
+                self.calls[-1]["arguments"] += rest
+                events.append(ArgumentsDelta(self._calls, rest))
+            elif self._state in ("arguments", "input"):
+                fragment = self._scan_input(rest) if self._state == "input" else self._scan_arguments(rest)
                 if fragment:
                     self.calls[-1]["arguments"] += fragment
                     events.append(ArgumentsDelta(self._calls, fragment))
-                if self._state == "arguments":
+                if self._state != "after":
                     break
-            else:  # after the arguments: "}" and the closing text
-                suffix = syntax.call_suffix()
-                if len(rest) < len(suffix):
+            else:  # after the arguments: the rest of the call's fixed text
+                if len(rest) < len(self._suffix):
                     break
-                self._pos += len(suffix)
+                self._pos += len(self._suffix)
                 events.append(CallEnd(self._calls))
                 self._calls += 1
                 self._state = "call"
@@ -137,8 +153,23 @@ class ToolCallParser:
         self._pos += len(rest)
         return rest
 
-    def finish(self) -> list[ParserEvent]:
-        """At the end of generation: text that was held back as a possible call start."""
+    def _scan_input(self, rest: str) -> str:
+        """Consumes a custom call's raw input up to its closing tag; holds back what may begin that tag."""
+        end = rest.find(INPUT_CLOSE)
+        if end >= 0:
+            self._pos += end + len(INPUT_CLOSE)
+            self._state = "after"
+            return rest[:end]
+        held = next((n for n in range(min(len(rest), len(INPUT_CLOSE) - 1), 0, -1) if INPUT_CLOSE.startswith(rest[-n:])), 0)
+        self._pos += len(rest) - held
+        return rest[: len(rest) - held]
+
+    def finish(self, ended: bool = True) -> list[ParserEvent]:
+        """At the end of generation: text that was held back as a possible call start, and the end of an input
+        that runs to the end of the answer, when the model ended it (`ended`; not cut off by the token budget)."""
+        if self._state == "last input" and ended:
+            self._state = "after"
+            return self._parse_calls()
         if self.mode == "auto" and self._buffer:
             stripped = self._buffer.lstrip()
             if self.syntax.text_open and self.syntax.text_open.startswith(stripped):

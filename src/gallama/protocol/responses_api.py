@@ -8,10 +8,10 @@ by the grammar, structured output, thinking) it does here too; nothing of it is 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -19,6 +19,8 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field, ValidationError
 
+from gallama.agentic.constraints import ConstraintError
+from gallama.agentic.custom_input import CustomInput
 from gallama.protocol.errors import APIError, InvalidRequest, unsupported_parameter
 from gallama.protocol.requests import MAX_MESSAGES, MAX_STOP_STRINGS, MAX_TOOLS, ChatCompletionRequest, StrictModel
 
@@ -130,6 +132,7 @@ class Translation:
     input_items: list[dict[str, Any]]  # this request's input, as items (a string input becomes a user message)
     not_offered: list[str]  # hosted tool types the model was not offered
     tool_names: dict[str, "ToolName"] = field(default_factory=dict)  # chat tool name -> what the client calls it
+    custom: dict[str, CustomInput] = field(default_factory=dict)  # chat tool name -> a custom tool's input format
     truncate: bool = False  # truncation "auto": the oldest turns may go to fit the context
     dropped_messages: int = 0  # how many chat messages that left out
 
@@ -140,7 +143,7 @@ class ToolName:
 
     name: str
     namespace: str | None = None
-    custom: bool = False  # freeform input: called with {"input": text}, answered as a custom_tool_call
+    custom: bool = False  # freeform input: the call's arguments are that text, answered as a custom_tool_call
 
 
 def chat_tool_name(name: str, namespace: str | None) -> str:
@@ -252,37 +255,54 @@ def _function_tool(tool: dict[str, Any], at: str, namespace: str | None = None) 
     return {"type": "function", "function": function}
 
 
-def _custom_tool(tool: dict[str, Any], at: str, namespace: str | None = None) -> dict[str, Any]:
+def _custom_tool(tool: dict[str, Any], at: str, namespace: str | None = None) -> tuple[dict[str, Any], CustomInput]:
+    """The chat tool a custom tool is offered as (for templates: one string parameter), and its input's format."""
     name = chat_tool_name(_string_field(tool, "name", at), namespace)
     fmt = tool.get("format") or {"type": "text"}
-    text: dict[str, Any] = {"type": "string"}
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
         raise InvalidRequest(f"'{at}.format' must be of type text or grammar.", param=f"{at}.format")
+    custom = CustomInput()
     if fmt["type"] == "grammar":
-        if fmt.get("syntax") != "regex" or not isinstance(fmt.get("definition"), str):
-            # The call's input travels as a JSON string: a regex constrains it (a schema pattern), Lark cannot yet.
-            raise InvalidRequest(f"'{at}.format.syntax' {fmt.get('syntax')!r} is not supported yet; a regex "
-                                 "(syntax 'regex') is.", param=f"{at}.format.syntax", code="unsupported_tool")
-        text["pattern"] = f"^(?:{fmt['definition']})$"  # enforced by the tool-call grammar, token by token
-    function = {"name": name, "parameters": {"type": "object", "properties": {"input": text},
+        if fmt.get("syntax") not in ("lark", "regex"):
+            raise InvalidRequest(f"'{at}.format.syntax' must be lark or regex, not {fmt.get('syntax')!r}.",
+                                 param=f"{at}.format.syntax")
+        custom = CustomInput(fmt["syntax"], _string_field(fmt, "definition", f"{at}.format"))
+        try:
+            custom.check()  # enforced token by token in the tool-call grammar; compiled here so a 400 names it
+        except ConstraintError as error:
+            raise InvalidRequest(f"'{at}.format.definition' does not compile: {error}", param=f"{at}.format.definition",
+                                 code="invalid_grammar") from None
+    function = {"name": name, "parameters": {"type": "object", "properties": {"input": {"type": "string"}},
                                              "required": ["input"], "additionalProperties": False}}
     if tool.get("description") is not None:
         function["description"] = tool["description"]
-    return {"type": "function", "function": function}
+    return {"type": "function", "function": function}, custom
 
 
-def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[str], dict[str, ToolName]]:
-    """Chat tools, the hosted tool types left out, and the client's name of each chat tool."""
-    offered: list[dict[str, Any]] = []
-    not_offered: list[str] = []
-    names: dict[str, ToolName] = {}
+@dataclass
+class ChatTools:
+    """A Responses request's tools as the chat core takes them."""
+
+    offered: list[dict[str, Any]] = field(default_factory=list)  # chat tools
+    not_offered: list[str] = field(default_factory=list)  # the hosted tool types left out
+    names: dict[str, ToolName] = field(default_factory=dict)  # chat tool name -> the client's name of it
+    custom: dict[str, CustomInput] = field(default_factory=dict)  # chat tool name -> a custom tool's input format
+
+
+def chat_tools(tools: list[dict[str, Any]] | None) -> ChatTools:
+    found = ChatTools()
 
     def add(tool: dict[str, Any], at: str, namespace: str | None = None) -> None:
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind not in ("function", "custom"):
+        if kind == "function":
+            chat_tool = _function_tool(tool, at, namespace)
+        elif kind == "custom":
+            chat_tool, custom = _custom_tool(tool, at, namespace)
+            found.custom[chat_tool["function"]["name"]] = custom
+        else:
             raise InvalidRequest(f"'{at}.type' must be function or custom inside a namespace.", param=f"{at}.type")
-        offered.append((_function_tool if kind == "function" else _custom_tool)(tool, at, namespace))
-        names[offered[-1]["function"]["name"]] = ToolName(tool["name"], namespace, kind == "custom")
+        found.offered.append(chat_tool)
+        found.names[chat_tool["function"]["name"]] = ToolName(tool["name"], namespace, kind == "custom")
 
     for index, tool in enumerate(tools or []):
         at = f"tools[{index}]"
@@ -297,14 +317,14 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]]
             for number, member in enumerate(inner):
                 add(member, f"{at}.tools[{number}]", namespace)
                 if tool.get("description"):  # the namespace's description, shown to the model with each tool
-                    function = offered[-1]["function"]
+                    function = found.offered[-1]["function"]
                     function["description"] = f"({namespace}: {tool['description']}) {function.get('description', '')}".strip()
         elif kind in HOSTED_TOOL_TYPES:
-            not_offered.append(kind)
+            found.not_offered.append(kind)
         else:
             raise InvalidRequest(f"'{at}.type' {kind!r} is not a tool type this server knows.", param=f"{at}.type",
                                  code="unsupported_tool")
-    return offered, not_offered, names
+    return found
 
 
 def chat_tool_choice(choice: str | dict[str, Any] | None, names: dict[str, ToolName]) -> str | dict[str, Any] | None:
@@ -377,13 +397,13 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
         messages.insert(0, {"role": "system", "content": body.instructions})
     if not messages:
         raise InvalidRequest("The input holds no message to answer.", param="input")
-    tools, not_offered, names = chat_tools(body.tools)
+    tools = chat_tools(body.tools)
     effort = body.reasoning.effort if body.reasoning else None
     fields: dict[str, Any] = {
         "model": body.model,
         "messages": messages,
-        "tools": tools or None,
-        "tool_choice": chat_tool_choice(body.tool_choice, names),
+        "tools": tools.offered or None,
+        "tool_choice": chat_tool_choice(body.tool_choice, tools.names),
         "parallel_tool_calls": body.parallel_tool_calls,
         "response_format": chat_response_format(body.text),
         "max_completion_tokens": body.max_output_tokens,
@@ -404,7 +424,7 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
         first = error.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         raise InvalidRequest(f"Invalid request ({where}): {first.get('msg')}", param=where or None) from None
-    return Translation(chat, items, not_offered, names, truncate=body.truncation == "auto")
+    return Translation(chat, items, tools.not_offered, tools.names, tools.custom, truncate=body.truncation == "auto")
 
 
 # --- chat answer -> Responses output -----------------------------------------------------------------
@@ -432,9 +452,8 @@ def call_item(call_id: str, chat_name: str, arguments: str, names: dict[str, Too
     tool = names.get(chat_name, ToolName(chat_name))
     namespace = {"namespace": tool.namespace} if tool.namespace else {}
     if tool.custom:
-        text = _custom_input(arguments) if arguments else ""
         return {"id": item_id or new_item_id("ctc"), "type": "custom_tool_call", "status": status, "call_id": call_id,
-                "name": tool.name, **namespace, "input": text}
+                "name": tool.name, **namespace, "input": arguments}
     return {"id": item_id or new_item_id("fc"), "type": "function_call", "status": status, "call_id": call_id,
             "name": tool.name, **namespace, "arguments": arguments}
 
@@ -452,14 +471,43 @@ def response_usage(chat_usage: dict[str, Any] | None, reasoning_tokens: int) -> 
     }
 
 
+RESPONSE_ID_HEADER = "x-gallama-response-id"
+RESPONSE_CREATED_HEADER = "x-gallama-response-created-at"
+
+
+@dataclass(frozen=True)
+class ResponseIdentity:
+    """A response's id and creation time. The front chooses them and hands them to the worker in request
+    headers, so that it can end the client's stream with this very response's response.failed when the
+    worker dies mid-stream (the openai SDK refuses a lifecycle event of another response id)."""
+
+    id: str
+    created_at: int
+
+    @classmethod
+    def new(cls) -> "ResponseIdentity":
+        return cls(new_item_id("resp"), int(time.time()))
+
+    def headers(self) -> dict[str, str]:
+        return {RESPONSE_ID_HEADER: self.id, RESPONSE_CREATED_HEADER: str(self.created_at)}
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> "ResponseIdentity":
+        """The front's choice; a new identity for a request that came without one (an app run without a front)."""
+        chosen, created = headers.get(RESPONSE_ID_HEADER), headers.get(RESPONSE_CREATED_HEADER, "")
+        return cls(chosen, int(created)) if chosen and created.isdigit() else cls.new()
+
+
 class ResponseShell:
     """The fields of one response object that do not depend on what the model wrote."""
 
-    def __init__(self, body: ResponsesRequest, translation: Translation, model: str, secret: bytes | None = None):
+    def __init__(self, body: ResponsesRequest, translation: Translation, model: str, secret: bytes | None = None,
+                 identity: ResponseIdentity | None = None):
         self.body = body
         self.translation = translation
-        self.id = new_item_id("resp")
-        self.created_at = int(time.time())
+        identity = identity or ResponseIdentity.new()
+        self.id = identity.id
+        self.created_at = identity.created_at
         self.model = model
         self.secret = secret
         self.seal = ENCRYPTED_REASONING in (body.include or [])
@@ -525,6 +573,20 @@ def error_object(error: APIError) -> dict[str, Any]:
     return {"code": error.code or error.error_type, "message": error.message}
 
 
+def error_event_fields(error: APIError) -> dict[str, Any]:
+    return {"code": error.code or error.error_type, "message": error.message, "param": error.param}
+
+
+def lost_stream_events(identity: ResponseIdentity, model: str, sequence: int, error: APIError) -> list[dict[str, Any]]:
+    """How the front ends a stream whose worker died: the error event and this response's response.failed,
+    numbered from `sequence` (above every event the worker sent). The front never saw the output items: the
+    response leaves `output` out, and the openai SDK fills it with the items the client received."""
+    response = {"id": identity.id, "object": "response", "created_at": identity.created_at, "status": "failed",
+                "error": error_object(error), "incomplete_details": None, "model": model}
+    return [{"type": "error", "sequence_number": sequence, **error_event_fields(error)},
+            {"type": "response.failed", "sequence_number": sequence + 1, "response": response}]
+
+
 class EventStream:
     """Chat completion chunks in, Responses stream events out (each with its sequence number)."""
 
@@ -552,7 +614,9 @@ class EventStream:
         events = self.close()
         self.output.append(item)
         self.open = item
-        return events + [self.event("response.output_item.added", output_index=len(self.output) - 1, item=item)]
+        # The item as announced: what is written into it later goes out in the delta events.
+        return events + [self.event("response.output_item.added", output_index=len(self.output) - 1,
+                                    item=copy.deepcopy(item))]
 
     def _where(self) -> dict[str, Any]:
         return {"item_id": self.open["id"], "output_index": len(self.output) - 1}
@@ -563,13 +627,14 @@ class EventStream:
         if item is None:
             return []
         where = {"item_id": item["id"], "output_index": self.output.index(item)}
+        status = "incomplete" if self.finish_reason == "length" else "completed"  # a call, too, may be cut
         events = []
         if item["type"] == "message":
             part = item["content"][0]
             events.append(self.event("response.output_text.done", **where, content_index=0, text=part["text"],
                                      logprobs=[]))
             events.append(self.event("response.content_part.done", **where, content_index=0, part=part))
-            item["status"] = "incomplete" if self.finish_reason == "length" else "completed"
+            item["status"] = status
         elif item["type"] == "reasoning":
             part = item["content"][0]
             events.append(self.event("response.reasoning_text.done", **where, content_index=0, text=part["text"]))
@@ -580,11 +645,10 @@ class EventStream:
         elif item["type"] == "function_call":
             events.append(self.event("response.function_call_arguments.done", **where, name=item["name"],
                                      arguments=item["arguments"]))
-            item["status"] = "completed"
+            item["status"] = status
         elif item["type"] == "custom_tool_call":
-            item["input"] = _custom_input(item.pop("_arguments", ""))
             events.append(self.event("response.custom_tool_call_input.done", **where, input=item["input"]))
-            item["status"] = "completed"
+            item["status"] = status
         return events + [self.event("response.output_item.done", output_index=where["output_index"], item=item)]
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
@@ -631,26 +695,16 @@ class EventStream:
         if call.get("id"):
             item = call_item(call["id"], function.get("name", ""), "", self.shell.translation.tool_names,
                              status="in_progress")
-            if item["type"] == "custom_tool_call":
-                item["_arguments"] = ""
-            # The item as announced, without the arguments still to come.
             self.calls[call["index"]] = item
             events += self._add(item)
-            events[-1]["item"] = {k: v for k, v in item.items() if k != "_arguments"}
         item = self.calls[call["index"]]
         piece = function.get("arguments") or ""
         if piece and item is self.open:
-            if item["type"] == "function_call":
-                item["arguments"] += piece
-                events.append(self.event("response.function_call_arguments.delta", **self._where(), delta=piece))
-            else:
-                # The freeform input is the "input" string of the arguments' JSON: its decoded text streams.
-                item["_arguments"] += piece
-                decoded = _partial_input(item["_arguments"])
-                if len(decoded) > len(item["input"]):
-                    events.append(self.event("response.custom_tool_call_input.delta", **self._where(),
-                                             delta=decoded[len(item["input"]):]))
-                    item["input"] = decoded
+            # A custom call's arguments are its raw input.
+            key, kind = ("arguments", "function_call_arguments") if item["type"] == "function_call" else \
+                ("input", "custom_tool_call_input")
+            item[key] += piece
+            events.append(self.event(f"response.{kind}.delta", **self._where(), delta=piece))
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -665,42 +719,7 @@ class EventStream:
     def fail(self, error: APIError) -> list[dict[str, Any]]:
         """Ends the stream with the error event and response.failed."""
         for item in self.output:
-            item.pop("_arguments", None)
             if item.get("status") == "in_progress":
                 item["status"] = "incomplete"
         self.final = self.shell.response("failed", self.output, error=error_object(error))
-        return [self.event("error", code=error.code or error.error_type, message=error.message, param=error.param),
-                self.event("response.failed", response=self.final)]
-
-
-def _custom_input(arguments: str) -> str:
-    try:
-        value = json.loads(arguments)
-    except ValueError:
-        return arguments
-    return value.get("input", "") if isinstance(value, dict) else arguments
-
-
-_INPUT_START = re.compile(r'\s*\{\s*"input"\s*:\s*"')
-
-
-def _partial_input(arguments: str) -> str:
-    """The decoded text of the "input" string in a custom tool call's arguments, as far as they are written."""
-    start = _INPUT_START.match(arguments)
-    if start is None:
-        return ""
-    raw, end, i = arguments[start.end():], None, 0
-    while i < len(raw):
-        if raw[i] == "\\":
-            if i + 1 >= len(raw) or (raw[i + 1] == "u" and i + 6 > len(raw)):
-                end = i  # an escape not written to its end yet
-                break
-            i += 6 if raw[i + 1] == "u" else 2
-            continue
-        if raw[i] == '"':
-            end = i
-            break
-        i += 1
-    text = json.loads('"' + raw[:end] + '"')
-    # Half a surrogate pair would change once the other half comes.
-    return text[:-1] if text and "\ud800" <= text[-1] <= "\udbff" else text
+        return [self.event("error", **error_event_fields(error)), self.event("response.failed", response=self.final)]

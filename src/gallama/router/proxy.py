@@ -6,7 +6,7 @@ A client that goes away closes the upstream request, so the worker cancels its s
 from __future__ import annotations
 
 import asyncio
-import json
+from dataclasses import dataclass
 
 import anyio
 import httpx
@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gallama.protocol.errors import ServiceUnavailable
+from gallama.protocol.responses_api import ResponseIdentity, lost_stream_events
 from gallama.router.handover import TRANSPORT
 from gallama.router.instances import Instance
-from gallama.server.sse import error_frames
+from gallama.server.sse import RESPONSES_PATH, error_frames, named_event
 from gallama.server.handover import HANDED_OVER_STATUS, HANDED_OVER_TYPE, HANDOVER_HEADER, LAST_CHUNK, chunk
 
 # Per-connection headers that the front's own server sets again.
@@ -32,9 +33,22 @@ def worker_lost(instance: Instance, error: Exception) -> ServiceUnavailable:
     )
 
 
-def _lost_event(instance: Instance, error: Exception, path: str) -> bytes:
-    """The end of a stream whose worker failed: an error event, as the API's streams carry errors."""
-    return error_frames(path, worker_lost(instance, error)).encode()
+@dataclass
+class StreamEnd:
+    """What the front needs to end a stream whose worker failed as the API ends its streams: the path, and for
+    a Responses stream the response's identity (the front chose it) and a sequence number no event reached."""
+
+    path: str
+    model: str
+    response: ResponseIdentity | None = None
+    sequence: int = 0
+
+    def lost(self, instance: Instance, error: Exception) -> bytes:
+        failure = worker_lost(instance, error)
+        if self.response is None:
+            return error_frames(self.path, failure).encode()
+        events = lost_stream_events(self.response, self.model, self.sequence, failure)
+        return "".join(named_event(event) for event in events).encode()
 
 
 def _headers(upstream: httpx.Response) -> dict[str, str]:
@@ -44,20 +58,24 @@ def _headers(upstream: httpx.Response) -> dict[str, str]:
 class _Relay(StreamingResponse):
     """An SSE response read from the worker; whatever ends it (done, worker lost, client gone) closes upstream."""
 
-    def __init__(self, upstream: httpx.Response, instance: Instance):
+    def __init__(self, upstream: httpx.Response, instance: Instance, end: StreamEnd):
         self.upstream = upstream
         self.instance = instance
+        self.end = end
         super().__init__(self._chunks(), status_code=upstream.status_code, headers=_headers(upstream))
 
     async def _chunks(self):
+        tail = b""
         try:
             async for chunk in self.upstream.aiter_raw():
+                if self.end.response is not None:  # count the events that went by: each ends with a blank line
+                    self.end.sequence += (tail + chunk).count(b"\n\n")
+                    tail = chunk[-1:]
                 yield chunk
         except httpx.HTTPError as error:  # headers are sent: the failure travels as an event
-            yield _lost_event(self.instance, error, self.path)
+            yield self.end.lost(self.instance, error)
 
     async def __call__(self, scope, receive, send) -> None:
-        self.path = scope["path"]
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -69,14 +87,24 @@ class _Relay(StreamingResponse):
 class HandedOver(Response):
     """The worker writes this stream to the client; the front waits for its end, then closes the connection."""
 
-    def __init__(self, upstream: httpx.Response, instance: Instance):
+    def __init__(self, upstream: httpx.Response, instance: Instance, end: StreamEnd):
         self.upstream = upstream
         self.instance = instance
+        self.end = end
         self.background = None
+
+    async def _follow(self) -> None:
+        """Reads the worker's answer to the end: sequence-number reservations (one a line), then the outcome."""
+        pending = b""
+        async for data in self.upstream.aiter_raw():
+            *lines, pending = (pending + data).split(b"\n")
+            reserved = [int(line) for line in lines if line.isdigit()]
+            if reserved:
+                self.end.sequence = reserved[-1]
 
     async def __call__(self, scope, receive, send) -> None:
         transport: asyncio.Transport = scope["extensions"][TRANSPORT]
-        reading = asyncio.ensure_future(self.upstream.aread())
+        reading = asyncio.ensure_future(self._follow())
         gone = asyncio.ensure_future(_until_disconnect(receive))
         try:
             await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -84,7 +112,7 @@ class HandedOver(Response):
                 reading.cancel()
             elif isinstance(error := reading.exception(), httpx.HTTPError) and not transport.is_closing():
                 # The worker died mid-stream: end the client's stream as a relayed one ends.
-                transport.write(chunk(_lost_event(self.instance, error, scope["path"])) + LAST_CHUNK)
+                transport.write(chunk(self.end.lost(self.instance, error)) + LAST_CHUNK)
         finally:
             gone.cancel()
             self.instance.outstanding -= 1
@@ -110,6 +138,10 @@ async def forward(
     headers = {"content-type": request.headers.get("content-type", "application/json"), **instance.headers}
     if "x-request-id" in request.headers:  # a handed-over stream's response carries it from the worker
         headers["x-request-id"] = request.headers["x-request-id"]
+    end = StreamEnd(request.url.path, instance.spec.model_name)
+    if request.url.path == RESPONSES_PATH:
+        end.response = ResponseIdentity.new()
+        headers.update(end.response.headers())
     token = instance.channel.offer(request) if handover and instance.channel is not None else None
     if token is not None:
         headers[HANDOVER_HEADER] = token
@@ -129,10 +161,10 @@ async def forward(
             raise worker_lost(instance, error) from None
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             released_by_response = True
-            return _Relay(upstream, instance)
+            return _Relay(upstream, instance, end)
         if upstream.headers.get("content-type") == HANDED_OVER_TYPE:
             released_by_response = True
-            return HandedOver(upstream, instance)
+            return HandedOver(upstream, instance, end)
         reading = asyncio.ensure_future(upstream.aread())
         await asyncio.wait((reading, gone), return_when=asyncio.FIRST_COMPLETED)
         if not reading.done():

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gallama.agentic.reasoning import ReasoningSplitter, ReasoningTags
-from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta, ToolCallParser
+from gallama.agentic.tool_parser import ArgumentsDelta, CallEnd, CallStart, TextDelta
 from gallama.agentic.tools import ToolPlan
 from gallama.server.choices import Piece
 from gallama.server.thinking_run import ReasoningPiece
@@ -40,7 +40,7 @@ class ChoiceOutput:
         return ChoiceOutput(self.model, self.plan, self.legacy, self.return_thinking, self.thinking_open)
 
     def __post_init__(self) -> None:
-        self.parser = ToolCallParser(self.plan.syntax, self.plan.parser_mode) if self.plan else None
+        self.parser = self.plan.parser() if self.plan else None
         self.splitter = ReasoningSplitter(REASONING_TAGS, already_open=self.thinking_open)
 
     def piece_deltas(self, piece: Piece) -> list[dict[str, Any]]:
@@ -59,9 +59,9 @@ class ChoiceOutput:
             self.reasoning += reasoning
             if self.return_thinking:
                 deltas.append({"reasoning_content": reasoning, "reasoning": reasoning})
-        return deltas + self.deltas(answer, finished)
+        return deltas + self.deltas(answer, piece.finish_reason)
 
-    def deltas(self, text: str, finished: bool) -> list[dict[str, Any]]:
+    def deltas(self, text: str, finish_reason: str | None) -> list[dict[str, Any]]:
         """The message deltas this text adds (content and tool-call pieces).
 
         The first call streams as it is written. Later calls are held until they
@@ -71,7 +71,9 @@ class ChoiceOutput:
         if self.parser is None:
             self.content += text
             return [{"content": text}] if text else []
-        events = self.parser.feed(text) + (self.parser.finish() if finished else [])
+        events = self.parser.feed(text)
+        if finish_reason is not None:  # an input that runs to the end of the answer is whole unless cut off
+            events += self.parser.finish(ended=finish_reason != "length")
         deltas = []
         for event in events:
             if self.repeated:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gallama.agentic.chat_template import TemplateError
+from gallama.agentic.custom_input import CustomInput
 from gallama.agentic.schema_check import AnswerCheck
 from gallama.agentic.tools import ToolPlan, ToolRequestError, plan_tools
 from gallama.protocol.errors import InvalidRequest
@@ -25,8 +26,8 @@ class ChatPlan:
     top_logprobs: int | None  # None: no logprobs
 
 
-def plan_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatPlan:
-    tools = tool_plan(model, body)
+def plan_chat(model: ServedModel, body: ChatCompletionRequest, custom: dict[str, CustomInput] | None = None) -> ChatPlan:
+    tools = tool_plan(model, body, custom)
     grammar = answer_grammar(model, body, tools)
     verification = answer_verification(body, tools)
     text = chat_prompt_text(model, body, tools)
@@ -36,11 +37,11 @@ def plan_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatPlan:
     )
 
 
-def tool_plan(model: ServedModel, body: ChatCompletionRequest) -> ToolPlan | None:
+def tool_plan(model: ServedModel, body: ChatCompletionRequest, custom: dict[str, CustomInput] | None = None) -> ToolPlan | None:
     tools = [tool.model_dump() for tool in body.tools] if body.tools else None
     choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
     try:
-        return plan_tools(tools, choice, body.parallel_tool_calls, model.tool_format)
+        return plan_tools(tools, choice, body.parallel_tool_calls, model.tool_format, custom)
     except ToolRequestError as error:
         raise InvalidRequest(str(error), param=error.param) from error
 

@@ -5,8 +5,8 @@ cores that decode (measured: 4% of single-stream and 9% of 8-stream decode speed
 request the front sends the client's socket over a Unix channel (SCM_RIGHTS) with a token, and names
 the token in the request's HANDOVER_HEADER. The worker writes the SSE response to that socket itself,
 with `Connection: close` (the connection is the front's to keep, not the worker's), and answers the
-front's own request with HANDED_OVER_TYPE and, once the stream is over, its outcome. That request
-stays open meanwhile: its end is how a client's disconnect reaches the worker, and its breaking is how
+front's own request with HANDED_OVER_TYPE and, once the stream is over, its outcome (a numbered stream
+sends sequence-number reservations before it, one line each). That request stays open meanwhile: its end is how a client's disconnect reaches the worker, and its breaking is how
 the front learns that the worker died mid-stream. Without a socket (none sent, or not arrived), the
 stream goes to the front as usual, which relays it.
 """
@@ -29,6 +29,9 @@ HANDED_OVER_TYPE = "application/x-gallama-handover"
 HANDED_OVER_STATUS = "gallama.handed_over_status"  # scope key: the status the client got, for the front's log
 LAST_CHUNK = b"0\r\n\r\n"
 UNCLAIMED_S = 30.0  # a socket whose request never reached the app (its worker connection failed)
+# A stream whose events are numbered (Responses) tells the front, every so many events, a number no event has
+# reached yet: the front numbers the failure events it writes if the worker dies, without a wake-up per token.
+RESERVED_EVENTS = 32
 
 
 def chunk(data: bytes) -> bytes:
@@ -119,10 +122,11 @@ class HandedOverStream(Response):
     """Writes the frames to the client's socket; the front's request gets the outcome when they end."""
 
     def __init__(self, client: socket.socket, frames: AsyncIterator[str], headers: dict[str, str],
-                 stop: Callable[[], None]):
+                 stop: Callable[[], None], numbered: bool = False):
         self.client = client
         self.frames = frames
         self.stop = stop  # ends the generation, also when the frames were never read
+        self.numbered = numbered  # the events carry sequence numbers: report reservations to the front
         self.head = _head(headers)
         self.started = False
         self.background = None
@@ -144,8 +148,14 @@ class HandedOverStream(Response):
                     # The head first: once the front hears that the stream is handed over, it is the client's.
                     await loop.sock_sendall(self.client, self.head)
                     await self._start(send)
+                    sent = reserved = 0
                     async with aclosing(self.frames) as frames:
                         async for frame in frames:
+                            sent += frame.count("\n\n")  # one per event
+                            if self.numbered and sent > reserved:
+                                reserved = sent + RESERVED_EVENTS
+                                await send({"type": "http.response.body", "body": b"%d\n" % reserved,
+                                            "more_body": True})
                             await loop.sock_sendall(self.client, chunk(frame.encode()))
                     await loop.sock_sendall(self.client, LAST_CHUNK)
                 except OSError:
@@ -165,7 +175,8 @@ class HandedOverStream(Response):
 
 
 def handed_over(
-    request: Request, frames: AsyncIterator[str], headers: dict[str, str], stop: Callable[[], None]
+    request: Request, frames: AsyncIterator[str], headers: dict[str, str], stop: Callable[[], None],
+    numbered: bool = False,
 ) -> HandedOverStream | None:
     """The stream as written to the client's own socket, when the front sent one for this request."""
     token = request.headers.get(HANDOVER_HEADER)
@@ -174,4 +185,5 @@ def handed_over(
     if client is None:
         return None
     request_id = request.headers.get("x-request-id")
-    return HandedOverStream(client, frames, {**headers, **({"x-request-id": request_id} if request_id else {})}, stop)
+    return HandedOverStream(client, frames, {**headers, **({"x-request-id": request_id} if request_id else {})}, stop,
+                            numbered)

@@ -41,7 +41,7 @@ def output_budget(model: ServedModel, prompt_tokens: list[int], requested: int |
             f"but the prompt has {len(prompt_tokens)} tokens."
         )
     if requested is None:
-        return context - len(prompt_tokens)
+        return min(context - len(prompt_tokens), model.default_max_tokens or context)
     if len(prompt_tokens) + requested > context:
         error = ContextLengthExceeded(
             f"This model's maximum context length is {context} tokens. However, you requested "

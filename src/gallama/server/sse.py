@@ -73,5 +73,5 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 def sse_response(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], request: Request) -> Response:
     frames = _frames(chunks, runs, request.url.path)
     own_socket = handed_over(request, frames, {"content-type": "text/event-stream; charset=utf-8", **SSE_HEADERS},
-                             stop=partial(_cancel, runs))
+                             stop=partial(_cancel, runs), numbered=request.url.path.startswith(RESPONSES_PATH))
     return own_socket or StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)

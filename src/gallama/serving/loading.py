@@ -17,4 +17,5 @@ def load_served(spec: ModelSpec) -> ServedModel | ServedEmbeddingModel:
     if backend.kind == "embedding":
         return ServedEmbeddingModel(name=spec.model_name, engine=engine)
     template = Path(spec.chat_template).read_text() if spec.chat_template else None
-    return ServedModel.from_engine(spec.model_name, engine, template_override=template, request_timeout=spec.request_timeout)
+    return ServedModel.from_engine(spec.model_name, engine, template_override=template, request_timeout=spec.request_timeout,
+                                   default_max_tokens=spec.default_max_tokens)

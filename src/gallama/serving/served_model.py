@@ -20,6 +20,7 @@ class ServedModel:
     engine: Engine
     template: ChatTemplate
     request_timeout: float | None = None  # seconds a choice may take, queue wait included
+    default_max_tokens: int | None = None  # the output budget of a request that sets none
     created: int = field(default_factory=lambda: int(time.time()))
     runs: set = field(default_factory=set)  # the choices being generated (server.choices.ChoiceRun)
     ending: Exception | None = None  # set at shutdown: the error every running or later choice ends with
@@ -35,7 +36,8 @@ class ServedModel:
 
     @classmethod
     def from_engine(
-        cls, name: str, engine: Engine, template_override: str | None = None, request_timeout: float | None = None
+        cls, name: str, engine: Engine, template_override: str | None = None, request_timeout: float | None = None,
+        default_max_tokens: int | None = None,
     ) -> "ServedModel":
         source = template_override or engine.chat_template or CHATML_TEMPLATE
         special = engine.special_tokens
@@ -44,7 +46,8 @@ class ServedModel:
             bos_token=engine.token_text(special.bos) if special.bos is not None else "",
             eos_token=engine.token_text(special.eos) if special.eos is not None else "",
         )
-        return cls(name=name, engine=engine, template=template, request_timeout=request_timeout)
+        return cls(name=name, engine=engine, template=template, request_timeout=request_timeout,
+                   default_max_tokens=default_max_tokens)
 
     @cached_property
     def tool_format(self) -> ToolCallFormat:

@@ -16,7 +16,7 @@ DEFAULT_DRAFT_TOKENS = 5
 DRAFT_MODEL_KEYS = ("draft_model_name", "draft_gpus", "draft_cache_size", "draft_cache_quant")
 KEYS = frozenset({
     "gpus", "cache_size", "cache_quant", "cache_quant_v", "max_seq_len", "max_sequences", "threads", "unified_kv",
-    "prompt_cache_mb", "flash_attention", "chat_template", "request_timeout", "draft_model_id", "draft_mode",
+    "prompt_cache_mb", "flash_attention", "chat_template", "request_timeout", "default_max_tokens", "draft_model_id", "draft_mode",
     "num_draft_tokens", *DRAFT_MODEL_KEYS,
 })
 

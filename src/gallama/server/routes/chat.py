@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 
+from gallama.agentic.custom_input import CustomInput
 from gallama.protocol.errors import AnswerInvalid
 from gallama.protocol.requests import ChatCompletionRequest
 from gallama.protocol.responses import ResponseHeader, chat_logprobs, usage
@@ -34,9 +35,12 @@ class ChatStart:
     verification: Verification | None = None  # the exact schema's check of each finished answer
 
 
-def start_chat(model: ServedModel, body: ChatCompletionRequest) -> ChatStart:
-    """Plans and starts a chat request."""
-    plan = plan_chat(model, body)
+def start_chat(model: ServedModel, body: ChatCompletionRequest, custom: dict[str, CustomInput] | None = None) -> ChatStart:
+    """Plans and starts a chat request.
+
+    custom: the tools whose input is freeform text (Responses custom tools); their calls' arguments are that text.
+    """
+    plan = plan_chat(model, body, custom)
     runs = start_thinking(model, body, plan) if body.thinking_template is not None else start_answers(model, body, plan)
     # A template that opens the thinking tag itself leaves the model inside it.
     thinking_open = plan.prompt_text.rstrip().endswith(REASONING_TAGS.open) and not body.leading_prompt

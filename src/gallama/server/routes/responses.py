@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from gallama.protocol.errors import ContextLengthExceeded, ResponseNotFound
 from gallama.protocol.responses_api import (
-    EventStream, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
+    EventStream, ResponseIdentity, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
 )
 from gallama.serving.served_model import ServedModel
 from gallama.server.responses_store import ResponsesStore
@@ -51,7 +51,7 @@ async def create_response(body: ResponsesRequest, request: Request):
         log.warning("responses: hosted tools not offered to the model (gallama cannot run them): %s",
                     ", ".join(translation.not_offered))
     chat = start_within_context(model, translation)
-    shell = ResponseShell(body, translation, body.model, secret)
+    shell = ResponseShell(body, translation, body.model, secret, ResponseIdentity.from_headers(request.headers))
     conversation = (history or []) + translation.input_items
 
     async def keep(response: dict[str, Any]) -> None:
@@ -72,7 +72,7 @@ def start_within_context(model: ServedModel, translation: Translation):
     """The chat started; with truncation "auto", its oldest turns dropped until it fits the context (and said so)."""
     while True:
         try:
-            return start_chat(model, translation.chat)
+            return start_chat(model, translation.chat, translation.custom)
         except ContextLengthExceeded:
             shorter = drop_oldest_turn(translation.chat) if translation.truncate else None
             if shorter is None:
