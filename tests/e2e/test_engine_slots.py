@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
-from gallama.engines.base import GenerationRequest, SamplingParams
+from gallama.engines.base import EngineError, GenerationRequest, SamplingParams
 from gallama.engines.llama_cpp.engine import LlamaCppEngine
 from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX
 
@@ -146,3 +146,37 @@ async def test_a_prompt_gives_the_same_output_fresh_and_from_the_cache():
 def test_a_batch_too_small_for_a_prompt_chunk_is_refused():
     with pytest.raises(ValueError, match="n_batch must be at least 2"):
         LlamaCppEngine(PATH, max_sequences=1, cache_size=1024, n_batch=1)
+
+
+async def test_restoring_a_saved_conversation_that_the_slots_own_save_pushes_out():
+    """One slot and a prompt cache with room for one conversation: continuing conversation A after B
+    restores A's saved state, while saving B (to free the slot) pushes A's entry out of the budget.
+    That once raised on the engine thread, which died, and every later request waited forever."""
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048, prompt_cache_mb=3)
+    try:
+        first_turn = request(engine, SHARED, 4)
+        await collect(engine.generate(first_turn))  # A in the slot
+        await collect(engine.generate(request(engine, "Count to ten in French, then in German:", 4)))  # A saved, B in
+        follow_up = request(engine, SHARED + " He opened it and read the letter inside:", 8)
+        events = await asyncio.wait_for(collect(engine.generate(follow_up)), 60)
+        assert events[-1].finish_reason == "length" and len(events) == 8
+        assert events[0].cached_prompt_tokens >= len(first_turn.prompt_tokens) - 2  # A came back from the cache
+        again = await asyncio.wait_for(collect(engine.generate(request(engine, "Say yes.", 3))), 60)
+        assert len(again) == 3  # the engine thread is alive
+    finally:
+        engine.close()
+
+
+async def test_a_request_that_fails_to_start_ends_with_an_error_and_the_engine_goes_on(monkeypatch):
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048)
+    try:
+        def broken(*args):
+            raise RuntimeError("state restore failed")
+
+        monkeypatch.setattr(engine, "_fill_slot", broken)
+        with pytest.raises(EngineError, match="could not start the request: state restore failed"):
+            await asyncio.wait_for(collect(engine.generate(request(engine, "Say yes.", 3))), 60)
+        monkeypatch.undo()
+        assert len(await asyncio.wait_for(collect(engine.generate(request(engine, "Say yes.", 3))), 60)) == 3
+    finally:
+        engine.close()

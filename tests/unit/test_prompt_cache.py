@@ -38,6 +38,22 @@ def test_an_entry_restored_in_part_stays_and_is_used_last():
     assert cache.longest_match([5]) is None
 
 
+def test_an_entry_dropped_while_the_slot_was_saved_is_taken_without_error():
+    # The engine finds the entry to restore, saves the slot's own conversation first (which can push
+    # that entry out of the budget), then takes the entry: this once raised and killed the engine thread.
+    cache = PromptCache(capacity_bytes=25)
+    cache.add([1, 2, 3], lambda: state(10))
+    cache.add([5], lambda: state(10))
+    found = cache.longest_match([1, 2, 3, 4])
+    cache.add([7, 7], lambda: state(10))  # over budget: the oldest, the one found, goes
+    cache.take(found, 3)
+    assert cache.longest_match([1, 2, 3]) is None and len(cache) == 2
+    continued = cache.longest_match([7, 7, 1])
+    cache.add([7, 7, 8], lambda: state(10))  # continues [7, 7], which it replaces
+    cache.take(continued, 1)
+    assert cache.longest_match([7, 7]).tokens == [7, 7, 8] and len(cache) == 2
+
+
 def test_a_saved_conversation_replaces_its_earlier_turns_and_is_not_saved_twice():
     cache = PromptCache(capacity_bytes=1000)
     cache.add([1, 2], lambda: state(10))

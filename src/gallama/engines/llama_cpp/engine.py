@@ -309,6 +309,7 @@ class LlamaCppEngine:
                 self._drop_cancelled()
                 self._admit()
                 while not self._running and not self._closed:
+                    self._outbox.flush()  # a request that failed to start has its error out before the wait
                     self._lock.wait()
                     self._drop_cancelled()
                     self._admit()
@@ -360,7 +361,14 @@ class LlamaCppEngine:
                 return  # wait for running sequences to finish
             self._waiting.popleft()
             self._free_slots.remove(slot)
-            reused = self._fill_slot(slot, choice, prompt)
+            try:
+                reused = self._fill_slot(slot, choice, prompt)
+            except Exception as error:  # this request fails; the engine thread, and every other request, go on
+                log.exception("starting a request failed")
+                self._truncate_slot(slot, 0)  # what the slot holds now is unknown
+                self._free_slots.append(slot)
+                sequence.emit(EngineError(f"could not start the request: {error}"))
+                continue
             sequence.slot = slot
             sequence.reused = reused
             sequence.pending = list(prompt[reused:])

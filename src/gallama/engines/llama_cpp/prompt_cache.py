@@ -65,7 +65,13 @@ class PromptCache:
         return best
 
     def take(self, entry: SavedPrompt, length: int) -> None:
-        """An entry's first `length` tokens were restored into a slot: the slot holds them now."""
-        self._entries.remove(entry)
+        """An entry's first `length` tokens were restored into a slot: the slot holds them now.
+
+        Saving the slot's own conversation before the restore may have dropped the entry already
+        (the budget, or a conversation that continues it): then there is nothing left to move."""
+        kept = [e for e in self._entries if e is not entry]
+        if len(kept) == len(self._entries):
+            return
+        self._entries = kept
         if length < len(entry.tokens):  # its tail is still only here; used last, it goes last
             self._entries.append(entry)
