@@ -269,9 +269,11 @@ def _locate(model_id: str) -> tuple[Path, str | None, str]:
         if _is_sentence_transformers(path):
             return path.resolve(), "embedding", name
         gguf = _gguf_in_folder(path)
-        if gguf is None:
-            raise SpecError(f"{path} holds no GGUF file and no sentence-transformers model")
-        return gguf.resolve(), "llama_cpp", name
+        if gguf is not None:
+            return gguf.resolve(), "llama_cpp", name
+        if (path / "config.json").is_file():  # a Hugging Face model folder
+            return path.resolve(), "transformers", name
+        raise SpecError(f"{path} holds no GGUF file, no config.json and no sentence-transformers model")
     raise SpecError(
         f"model_id '{model_id}' is not a name in {config_path()}, a GGUF file, a model folder, "
         f"or the bundled {DEFAULT_CHAT_MODEL.name}"
