@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from gallama.agentic.custom_input import CustomInput
 from gallama.protocol.errors import InvalidRequest, RequestTimedOut, ServiceUnavailable
@@ -12,6 +13,7 @@ from gallama.protocol.responses_api import (
     EventStream,
     ResponseIdentity,
     ResponseShell,
+    VERBOSITY_INSTRUCTIONS,
     ResponsesRequest,
     drop_oldest_turn,
     lost_stream_events,
@@ -124,6 +126,20 @@ def test_text_format_reasoning_and_limits():
     assert chat.output_limit() == 7
     assert chat.stop_list() == ["END"]
     assert chat.return_thinking
+
+
+def test_verbosity_is_a_line_of_the_instructions():
+    def system_text(**fields):
+        messages = translate(request(input="x", **fields), secret=SECRET).chat.messages
+        return messages[0].content if messages[0].role == "system" else None
+
+    assert system_text(instructions="Be a shell.", text={"verbosity": "low"}) == \
+        "Be a shell.\n\n" + VERBOSITY_INSTRUCTIONS["low"]
+    assert system_text(text={"verbosity": "high"}) == VERBOSITY_INSTRUCTIONS["high"]
+    assert system_text(instructions="Be a shell.", text={"verbosity": "medium"}) == "Be a shell."
+    assert system_text(text={"verbosity": "medium"}) is None
+    with pytest.raises(ValidationError):
+        request(input="x", text={"verbosity": "terse"})
 
 
 def shell(**fields) -> ResponseShell:

@@ -10,6 +10,7 @@ last in the answer.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Literal
@@ -52,12 +53,19 @@ class CustomInput:
 
     def check(self) -> "InputCheck | None":
         """Compiles the input's grammar alone (a ConstraintError carries the compiler's reason); None for free text."""
-        if self.syntax == "text":
-            return None
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar(), _byte_tokenizer())
-        if is_error:
-            raise ConstraintError(messages[0] if messages else "it does not compile")
-        return InputCheck(self)
+        return _compiled_check(self)
+
+
+# By value: the Responses route compiles a tool's format to name a bad one, the tool plan then uses the
+# check, and an agent sends the same tools (Codex's apply_patch grammar) with every turn.
+@functools.lru_cache(maxsize=64)
+def _compiled_check(custom: CustomInput) -> "InputCheck | None":
+    if custom.syntax == "text":
+        return None
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(custom.grammar(), _byte_tokenizer())
+    if is_error:
+        raise ConstraintError(messages[0] if messages else "it does not compile")
+    return InputCheck(custom)
 
 
 def _in_slashes(pattern: str) -> str:

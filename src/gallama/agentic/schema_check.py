@@ -205,12 +205,12 @@ def grammar_schema(
 def _closest_grammar(schema_text: str, exact_text: str) -> tuple[str, str]:
     schema, exact = json.loads(schema_text), json.loads(exact_text)
     lenient = {**exact, **RELAXED_OPTIONS}
-    widened = relaxed(schema, widen=True)
-    for candidate, options in ((schema, exact), (relaxed(schema), lenient), (widened, lenient),
+    lenient_schema, widened = relaxed(schema), relaxed(schema, widen=True)
+    for candidate, options in ((schema, exact), (lenient_schema, lenient), (widened, lenient),
                                (without_cycles(widened), lenient)):
         if (compiling := _compiling(candidate, options)) is not None:
             return json.dumps(compiling), json.dumps(options)
-    return json.dumps(relaxed(schema)), json.dumps(lenient)
+    return json.dumps(lenient_schema), json.dumps(lenient)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,21 @@ class TextFormat(StrictModel):
 
 class TextConfig(StrictModel):
     format: TextFormat | None = None
+    # OpenAI's knob for how long an answer runs; honoured as one line of the instructions (medium: none).
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+VERBOSITY_INSTRUCTIONS = {
+    "low": "Keep your answers short: say only what is needed, without preamble or repetition.",
+    "high": "Give thorough, detailed answers: explain your reasoning and cover the relevant details.",
+}
+
+
+def instructions_with_verbosity(instructions: str | None, text: TextConfig | None) -> str | None:
+    line = VERBOSITY_INSTRUCTIONS.get(text.verbosity) if text and text.verbosity else None
+    if not line:
+        return instructions
+    return f"{instructions}\n\n{line}" if instructions else line
 
 
 class ReasoningConfig(StrictModel):
@@ -393,8 +408,9 @@ def translate(body: ResponsesRequest, history: list[dict[str, Any]] | None = Non
     if not items and not history:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     messages = chat_messages(history or [], "previous_response", secret) + chat_messages(items, "input", secret)
-    if body.instructions:
-        messages.insert(0, {"role": "system", "content": body.instructions})
+    instructions = instructions_with_verbosity(body.instructions, body.text)
+    if instructions:
+        messages.insert(0, {"role": "system", "content": instructions})
     if not messages:
         raise InvalidRequest("The input holds no message to answer.", param="input")
     tools = chat_tools(body.tools)
@@ -535,7 +551,7 @@ class ResponseShell:
             "reasoning": body.reasoning.model_dump() if body.reasoning else {"effort": None, "summary": None},
             "store": body.store,
             "temperature": body.temperature if body.temperature is not None else 1.0,
-            "text": {"format": fmt},
+            "text": {"format": fmt, "verbosity": (body.text.verbosity if body.text else None) or "medium"},
             "tool_choice": body.tool_choice or "auto",
             "tools": body.tools or [],
             "top_p": body.top_p if body.top_p is not None else 1.0,
