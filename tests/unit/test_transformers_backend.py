@@ -1,4 +1,4 @@
-"""The transformers backend's spec checks, and how it batches sequences with their own KV caches."""
+"""The transformers backend's spec checks, and its KV buffer of a slot per sequence."""
 
 from __future__ import annotations
 
@@ -40,19 +40,64 @@ def test_what_the_backend_cannot_serve_is_an_error_naming_key_and_backend(gguf, 
         assert fragment in str(caught.value)
 
 
-def test_stacked_caches_split_back_into_each_sequence_own():
-    torch = pytest.importorskip("torch", reason="the transformers extra is not installed")
+def _slot_cache():
+    pytest.importorskip("torch", reason="the transformers extra is not installed")
     pytest.importorskip("transformers", reason="the transformers extra is not installed")
-    from gallama.engines.transformers.kv_batch import cache_from_layers, split_cache, stack_caches
+    from gallama.engines.transformers import kv_slots
 
-    def cache(length: int, fill: float):
-        return cache_from_layers([(torch.full((1, 2, length, 4), fill), torch.full((1, 2, length, 4), -fill))])
+    return kv_slots
 
-    batch, mask, lengths = stack_caches([cache(3, 1.0), cache(5, 2.0)])
-    assert lengths == [3, 5]
-    assert mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
-    # A step appends one token per row, as a forward pass does.
-    batch.update(torch.full((2, 2, 1, 4), 9.0), torch.full((2, 2, 1, 4), -9.0), 0)
-    first, second = split_cache(batch, lengths)
-    assert first.layers[0].keys[0, 0, :, 0].tolist() == [1.0, 1.0, 1.0, 9.0]
-    assert second.layers[0].values[0, 1, :, 0].tolist() == [-2.0] * 5 + [-9.0]
+
+def test_a_step_writes_each_row_into_its_slot_and_reads_the_rows_slots():
+    kv_slots = _slot_cache()
+    import torch
+
+    cache = kv_slots.SlotCache(num_layers=1, slots=3, max_length=16)
+    layer = cache.layers[0]
+    cache.plan([1], [0], 3)  # a 3-token prompt into slot 1
+    layer.update(torch.full((1, 2, 3, 4), 1.0), torch.full((1, 2, 3, 4), -1.0))
+    cache.plan([2], [0], 5)
+    layer.update(torch.full((1, 2, 5, 4), 2.0), torch.full((1, 2, 5, 4), -2.0))
+    step = cache.plan([1, 2], [3, 5], 1)  # one decoded token each, at its own position
+    keys, values = layer.update(torch.full((2, 2, 1, 4), 9.0), torch.full((2, 2, 1, 4), -9.0))
+    assert step.contiguous and step.width == 6
+    assert keys[0, 0, :, 0].tolist() == [1.0, 1.0, 1.0, 9.0, 0.0, 0.0]  # past its token: masked out
+    assert values[1, 1, :, 0].tolist() == [-2.0] * 5 + [-9.0]
+    assert keys._base is layer.keys  # consecutive slots: a view, no copy
+    cache.plan([0, 2], [0, 6], 1)
+    gathered, _ = layer.update(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
+    assert gathered[1, 0, :6, 0].tolist() == [2.0] * 5 + [9.0]
+
+
+def test_a_buffer_grows_with_the_longest_sequence_and_keeps_what_it_held():
+    kv_slots = _slot_cache()
+    import torch
+
+    cache = kv_slots.SlotCache(num_layers=1, slots=2, max_length=1000)
+    layer = cache.layers[0]
+    cache.plan([0], [0], 2)
+    layer.update(torch.ones(1, 1, 2, 1), torch.ones(1, 1, 2, 1))
+    assert layer.keys.shape[2] == kv_slots.GROWTH
+    cache.plan([0], [2], kv_slots.GROWTH)
+    layer.update(torch.full((1, 1, kv_slots.GROWTH, 1), 3.0), torch.zeros(1, 1, kv_slots.GROWTH, 1))
+    assert layer.keys.shape[2] == 2 * kv_slots.GROWTH
+    assert layer.keys[0, 0, :4, 0].tolist() == [1.0, 1.0, 3.0, 3.0]
+    cache.copy_slot(0, 1, 3)
+    assert layer.keys[1, 0, :4, 0].tolist() == [1.0, 1.0, 3.0, 0.0]
+
+
+def test_masks_show_each_row_its_own_positions_and_the_sliding_window():
+    kv_slots = _slot_cache()
+    import torch
+    from types import SimpleNamespace
+
+    cache = kv_slots.SlotCache(num_layers=1, slots=2, max_length=16)
+    step = cache.plan([0, 1], [2, 4], 1)
+    mask = kv_slots.attention_mask(step, SimpleNamespace(), torch.float32)
+    assert mask.shape == (2, 1, 1, 5)
+    assert (mask[:, 0, 0] == 0).tolist() == [[True, True, True, False, False], [True] * 5]
+    hybrid = SimpleNamespace(sliding_window=2, layer_types=["full_attention", "sliding_attention"])
+    masks = kv_slots.attention_mask(cache.plan([0], [3], 2), hybrid, torch.float32)
+    assert (masks["full_attention"][0, 0] == 0).tolist() == [[True] * 4 + [False], [True] * 5]
+    assert (masks["sliding_attention"][0, 0] == 0).tolist() == [
+        [False, False, True, True, False], [False, False, False, True, True]]

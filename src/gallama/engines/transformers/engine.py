@@ -1,7 +1,7 @@
 """transformers backend: one model, continuous batching on one engine thread.
 
-Each step runs one forward pass over the next token of every decoding sequence (their
-own KV caches stacked: kv_batch.py), then a chunk of prompt for sequences still
+Each step runs one forward pass over the next token of every decoding sequence (each in its
+own slot of one KV buffer: kv_slots.py), then a chunk of prompt for sequences still
 prefilling, and samples with the shared numpy pipeline under each row's llguidance mask.
 Requests join and leave between steps. torch releases the GIL in its kernels, so the
 HTTP loop keeps serving.
@@ -20,7 +20,6 @@ import llguidance.numpy
 import numpy as np
 import torch
 from llguidance.hf import from_tokenizer
-from transformers import DynamicCache
 
 from gallama.engines.base import (
     EngineCounters, EngineError, GenerationRequest, ModelFacts, SpecialTokens, TokenEvent,
@@ -29,7 +28,7 @@ from gallama.engines.engine_thread import EngineThread
 from gallama.engines.sampling import SequenceSampler
 from gallama.engines.stream import SequenceStream
 from gallama.engines.token_events import allowed_tokens
-from gallama.engines.transformers.kv_batch import split_cache, stack_caches
+from gallama.engines.transformers.kv_slots import SlotCache, attention_mask
 from gallama.engines.transformers.loading import end_of_generation_ids, load, weights_bytes
 
 DEFAULT_SEQUENCE_CONTEXT = 4096
@@ -41,8 +40,9 @@ class _Sequence:
     request: GenerationRequest
     emit: Callable[[TokenEvent | Exception], None]
     sampler: SequenceSampler
-    cache: DynamicCache = field(default_factory=DynamicCache)
     pending: list[int] = field(default_factory=list)  # tokens not yet in the KV cache
+    slot: int = -1  # its row of the KV buffer, while running
+    cached: int = 0  # tokens in the KV cache
     generated: int = 0
     cancelled: bool = False
 
@@ -65,6 +65,8 @@ class TransformersEngine(EngineThread):
         self.context_length = max_seq_len or min(trained, DEFAULT_SEQUENCE_CONTEXT)
         self.max_sequences = max_sequences
         self.forced_total = 0
+        self._cache = SlotCache(self._model.config.num_hidden_layers, max_sequences, self.context_length)
+        self._slots: list[_Sequence | None] = [None] * max_sequences
         self._start_thread(queue_size, model_path)
 
     # -- model facts -------------------------------------------------------
@@ -101,7 +103,8 @@ class TransformersEngine(EngineThread):
         return ModelFacts(
             context_length=self.context_length, weights_bytes=weights_bytes(self._model),
             cache_size=self.context_length * self.max_sequences,
-            kv_description="fp32, a DynamicCache per sequence", placement="CPU",
+            kv_description=f"{str(self._model.dtype).removeprefix('torch.')}, a slot per sequence in one buffer a layer",
+            placement="CPU",
         )
 
     # -- requests ----------------------------------------------------------
@@ -126,12 +129,16 @@ class TransformersEngine(EngineThread):
     # -- the engine thread -------------------------------------------------
 
     def _drop_cancelled(self) -> None:
-        self._running = [s for s in self._running if not s.cancelled]
+        for sequence in [s for s in self._running if s.cancelled]:
+            self._release(sequence)
         self._waiting = deque(s for s in self._waiting if not s.cancelled)
 
     def _admit(self) -> None:
         while self._waiting and len(self._running) < self.max_sequences:
-            self._running.append(self._waiting.popleft())
+            sequence = self._waiting.popleft()
+            sequence.slot = self._slots.index(None)
+            self._slots[sequence.slot] = sequence
+            self._running.append(sequence)
 
     def _release_failed(self, sequence: _Sequence) -> None:
         self._release(sequence)
@@ -139,10 +146,27 @@ class TransformersEngine(EngineThread):
     def _release(self, sequence: _Sequence) -> None:
         if sequence in self._running:
             self._running.remove(sequence)
+            self._slots[sequence.slot] = None
+
+    def _compact(self) -> None:
+        """Moves the sequences in the highest slots down into free ones, so that a step's rows are
+        consecutive slots and read as a view of the buffer (one sequence's copy when one leaves,
+        rather than a gather of every row at every step)."""
+        if not self._running:
+            self._cache.release_memory()
+            return
+        while None in self._slots[: len(self._running)]:
+            free = self._slots.index(None)
+            top = max(self._running, key=lambda s: s.slot)
+            self._cache.copy_slot(top.slot, free, top.cached)
+            self._slots[top.slot], self._slots[free] = None, top
+            top.slot = free
 
     def _step(self, members: list[_Sequence]) -> None:
         torch.set_grad_enabled(False)  # per thread: the engine thread runs every forward pass
-        decoding = [s for s in members if len(s.pending) == 1]
+        with self._lock:
+            self._compact()
+        decoding = sorted((s for s in members if len(s.pending) == 1), key=lambda s: s.slot)
         if decoding:
             self._decode(decoding)
         budget = PREFILL_CHUNK
@@ -156,33 +180,31 @@ class TransformersEngine(EngineThread):
     def _decode(self, members: list[_Sequence]) -> None:
         """One forward pass for the next token of every member."""
         tokens = torch.tensor([s.pending for s in members])
-        if len(members) == 1:
-            cache, mask, lengths = members[0].cache, None, [members[0].cache.get_seq_length()]
-        else:
-            cache, mask, lengths = stack_caches([s.cache for s in members])
-        positions = torch.tensor([[length] for length in lengths])
-        logits = self._forward(members, lambda: self._model(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-        ).logits[:, -1, :])
-        if len(members) > 1:
-            for sequence, own in zip(members, split_cache(cache, lengths)):
-                sequence.cache = own
+        logits = self._forward(members, lambda: self._run_model(members, tokens).logits[:, -1, :])
         for sequence in members:
             sequence.pending = []
         self._sample_rows(members, logits)
 
     def _prefill(self, sequence: _Sequence, take: int) -> None:
         chunk, sequence.pending = sequence.pending[:take], sequence.pending[take:]
-        start = sequence.cache.get_seq_length()
-        positions = torch.arange(start, start + take).unsqueeze(0)
-        run = lambda: self._model(  # noqa: E731
-            input_ids=torch.tensor([chunk]), position_ids=positions, past_key_values=sequence.cache, use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
+        run = lambda: self._run_model([sequence], torch.tensor([chunk]), logits_to_keep=1).logits[:, -1, :]  # noqa: E731
         if sequence.pending:
             run()  # more prompt follows: no token to sample yet
             return
         self._sample_rows([sequence], self._forward([sequence], run))
+
+    def _run_model(self, members: list[_Sequence], tokens: torch.Tensor, **options):
+        """A forward pass of `tokens` (one row per member), each row's keys and values written into its slot."""
+        new_tokens = tokens.shape[1]
+        step = self._cache.plan([s.slot for s in members], [s.cached for s in members], new_tokens)
+        output = self._model(
+            input_ids=tokens, position_ids=step.starts[:, None] + torch.arange(new_tokens),
+            cache_position=torch.arange(step.width - new_tokens, step.width), past_key_values=self._cache,
+            attention_mask=attention_mask(step, self._model.config, self._model.dtype), use_cache=True, **options,
+        )
+        for sequence in members:
+            sequence.cached += new_tokens
+        return output
 
     def _forward(self, members: list[_Sequence], run: Callable[[], torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
         """Runs the forward pass while llguidance computes the members' masks (they depend only on

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from gallama.engines.transformers import attention
+
 # Control tokens that end a turn in common chat templates: llama.cpp treats them as end of
 # generation too, so both backends stop at the same place.
 END_OF_TURN_TEXTS = frozenset({"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>"})
@@ -29,7 +31,8 @@ def load(path: str, threads: int | None) -> LoadedModel:
     if gguf_file:
         _plain_byte_level_decoder(tokenizer)
     # fp32 on a CPU: its bf16 matrix kernels are no faster without AMX, and fp32 keeps argmax close to llama.cpp's.
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_file, dtype=torch.float32, attn_implementation=attention.register())
     model.eval()
     add_bos = _gguf_add_bos(path) if gguf_file else _tokenizer_adds_bos(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, add_bos=add_bos)
