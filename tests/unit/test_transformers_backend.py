@@ -31,13 +31,49 @@ def test_a_folder_with_config_json_implies_transformers(tmp_path):
     ("draft_mode=ngram", ["the transformers backend does not take 'draft_mode'"]),
     ("unified_kv=true", ["the transformers backend does not take 'unified_kv'"]),
     ("cache_quant=Q8", ["'cache_quant'=Q8", "transformers backend"]),
-    ("gpus=8", ["'gpus'", "transformers backend runs on the CPU only"]),
+    ("dtype=int8", ["bad value for 'dtype'"]),
 ])
 def test_what_the_backend_cannot_serve_is_an_error_naming_key_and_backend(gguf, extra, fragments):
     with pytest.raises(SpecError) as caught:
         resolve(parse_spec_string(f"model_id={gguf} backend=transformers {extra}"), {})
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+def test_gpus_the_machine_lacks_are_an_error_naming_the_key(gguf, monkeypatch):
+    torch = pytest.importorskip("torch", reason="the transformers extra is not installed")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    resolve(parse_spec_string(f"model_id={gguf} backend=transformers gpus=8"), {})  # GPU 0 is there
+    with pytest.raises(SpecError) as caught:
+        resolve(parse_spec_string(f"model_id={gguf} backend=transformers gpus=0,8"), {})
+    assert "'gpus'=0,8" in str(caught.value) and "sees 1 CUDA GPU" in str(caught.value)
+
+
+def test_gpus_become_accelerate_placement_within_each_gpu_budget():
+    from gallama.engines.transformers.placement import GIB, device_map_options
+
+    assert device_map_options(None, 64 * GIB) == {}
+    assert device_map_options([0, 0], 64 * GIB) == {}
+    options = device_map_options([20, 0, 10], 64 * GIB)
+    assert options == {"device_map": "auto", "max_memory": {0: 18 * GIB, 2: 9 * GIB, "cpu": 64 * GIB}}
+
+
+@pytest.mark.parametrize("dtype, on_gpu, expected", [
+    (None, False, "float32"), ("auto", False, "float32"), (None, True, "bfloat16"), ("auto", True, "bfloat16"),
+    ("bf16", False, "bfloat16"), ("float16", True, "float16"), ("fp32", True, "float32"),
+])
+def test_dtype_auto_is_bf16_on_a_gpu_and_fp32_on_a_cpu(dtype, on_gpu, expected):
+    from gallama.engines.transformers.placement import dtype_name
+
+    assert dtype_name(dtype, on_gpu) == expected
+
+
+def test_dtype_is_a_transformers_key_only(gguf):
+    spec = resolve(parse_spec_string(f"model_id={gguf} backend=transformers dtype=BF16"), {})
+    assert spec.dtype == "bf16"
+    with pytest.raises(SpecError, match="the llama_cpp backend does not take 'dtype'"):
+        resolve(parse_spec_string(f"model_id={gguf} dtype=bf16"), {})
 
 
 def _slot_cache():

@@ -29,7 +29,7 @@ from gallama.engines.sampling import SequenceSampler
 from gallama.engines.stream import SequenceStream
 from gallama.engines.token_events import allowed_tokens
 from gallama.engines.transformers.kv_slots import SlotCache, attention_mask
-from gallama.engines.transformers.loading import end_of_generation_ids, load, weights_bytes
+from gallama.engines.transformers.loading import end_of_generation_ids, load, placement_text, weights_bytes
 
 DEFAULT_SEQUENCE_CONTEXT = 4096
 PREFILL_CHUNK = 256  # prompt tokens per step, so that running sequences keep decoding beside a long prompt
@@ -48,13 +48,15 @@ class _Sequence:
 
 
 class TransformersEngine(EngineThread):
-    """An `Engine` (gallama.engines.base) on a transformers causal LM, on the CPU."""
+    """An `Engine` (gallama.engines.base) on a transformers causal LM, on the CPU or GPUs."""
 
     def __init__(self, model_path: str, *, max_sequences: int = 8, queue_size: int = 64,
-                 threads: int | None = None, max_seq_len: int | None = None):
+                 threads: int | None = None, max_seq_len: int | None = None, gpus: list[float] | None = None,
+                 dtype: str | None = None):
         self.model_path = model_path
-        loaded = load(model_path, threads)
+        loaded = load(model_path, threads, gpus, dtype)
         self._model, self._tokenizer = loaded.model, loaded.tokenizer
+        self._device = self._model.get_input_embeddings().weight.device  # where the inputs go
         self.vocab_size = self._model.config.vocab_size  # the logits' width; the tokenizer may hold fewer
         self.chat_template = self._tokenizer.chat_template
         self._eog = end_of_generation_ids(loaded)
@@ -104,7 +106,7 @@ class TransformersEngine(EngineThread):
             context_length=self.context_length, weights_bytes=weights_bytes(self._model),
             cache_size=self.context_length * self.max_sequences,
             kv_description=f"{str(self._model.dtype).removeprefix('torch.')}, a slot per sequence in one buffer a layer",
-            placement="CPU",
+            placement=placement_text(self._model),
         )
 
     # -- requests ----------------------------------------------------------
@@ -197,10 +199,12 @@ class TransformersEngine(EngineThread):
         """A forward pass of `tokens` (one row per member), each row's keys and values written into its slot."""
         new_tokens = tokens.shape[1]
         step = self._cache.plan([s.slot for s in members], [s.cached for s in members], new_tokens)
+        positions = step.starts[:, None] + torch.arange(new_tokens)
         output = self._model(
-            input_ids=tokens, position_ids=step.starts[:, None] + torch.arange(new_tokens),
-            cache_position=torch.arange(step.width - new_tokens, step.width), past_key_values=self._cache,
-            attention_mask=attention_mask(step, self._model.config, self._model.dtype), use_cache=True, **options,
+            input_ids=tokens.to(self._device), position_ids=positions.to(self._device),
+            cache_position=torch.arange(step.width - new_tokens, step.width, device=self._device),
+            attention_mask=attention_mask(step, self._model.config, self._model.dtype, self._device),
+            past_key_values=self._cache, use_cache=True, **options,
         )
         for sequence in members:
             sequence.cached += new_tokens
@@ -216,7 +220,7 @@ class TransformersEngine(EngineThread):
             pending = self._mask_pool.submit(
                 llguidance.numpy.fill_next_token_bitmask_par, self._llg_executor, constrained, masks)
         try:
-            logits = run().float().numpy()
+            logits = run().float().cpu().numpy()
         finally:
             if pending is not None:
                 pending.result()

@@ -111,7 +111,7 @@ class _SlotLayer(CacheLayerMixin):
 
 def _write(buffer: torch.Tensor, new: torch.Tensor, step: StepPlan) -> None:
     if step.new_tokens == 1:
-        buffer[step.slots, :, step.starts] = new[:, :, 0]
+        buffer[step.slots.to(buffer.device), :, step.starts.to(buffer.device)] = new[:, :, 0]
     else:
         start = int(step.starts[0])
         buffer[int(step.slots[0]), :, start : start + step.new_tokens] = new[0]
@@ -121,10 +121,11 @@ def _read(buffer: torch.Tensor, step: StepPlan) -> torch.Tensor:
     if step.contiguous:
         first = int(step.slots[0])
         return buffer[first : first + len(step.slots), :, : step.width]
-    return buffer[step.slots, :, : step.width]
+    return buffer[step.slots.to(buffer.device), :, : step.width]
 
 
-def attention_mask(step: StepPlan, config: Any, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+def attention_mask(step: StepPlan, config: Any, dtype: torch.dtype,
+                   device: torch.device | str = "cpu") -> torch.Tensor | dict[str, torch.Tensor]:
     """The model's attention mask for a step, additive, [rows, 1, new tokens, width]: each new token sees
     its own row's positions up to itself, and within the window on sliding-window layers. A model with
     `layer_types` takes a mask per kind of layer; another one mask, sliding if all its layers are."""
@@ -134,9 +135,9 @@ def attention_mask(step: StepPlan, config: Any, dtype: torch.dtype) -> torch.Ten
     window = getattr(config, "sliding_window", None)
     sliding = full & (keys > positions - window) if window else full
     if "sliding_attention" in (getattr(config, "layer_types", None) or []):
-        return {"full_attention": _additive(full, dtype), "sliding_attention": _additive(sliding, dtype)}
-    return _additive(sliding, dtype)
+        return {"full_attention": _additive(full, dtype, device), "sliding_attention": _additive(sliding, dtype, device)}
+    return _additive(sliding, dtype, device)
 
 
-def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
+def _additive(visible: torch.Tensor, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None].to(device)

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gallama.engines.transformers import attention
+from gallama.engines.transformers.placement import device_map_options, dtype_name
 
 # Control tokens that end a turn in common chat templates: llama.cpp treats them as end of
 # generation too, so both backends stop at the same place.
@@ -23,19 +24,25 @@ class LoadedModel:
     add_bos: bool  # whether a prompt starts with the BOS token, as the model was trained
 
 
-def load(path: str, threads: int | None) -> LoadedModel:
+def load(path: str, threads: int | None, gpus: list[float] | None = None, dtype: str | None = None) -> LoadedModel:
     if threads:
         torch.set_num_threads(threads)
     folder, gguf_file = (os.path.dirname(path), os.path.basename(path)) if path.endswith(".gguf") else (path, None)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     if gguf_file:
         _plain_byte_level_decoder(tokenizer)
-    # fp32 on a CPU: its bf16 matrix kernels are no faster without AMX, and fp32 keeps argmax close to llama.cpp's.
+    placement = device_map_options(gpus, _available_host_memory())
     model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, dtype=torch.float32, attn_implementation=attention.register())
+        folder, gguf_file=gguf_file, dtype=getattr(torch, dtype_name(dtype, on_gpu=bool(placement))),
+        # on CUDA transformers' own SDPA (its kernels take a mask without the GQA copy's cost there)
+        attn_implementation="sdpa" if placement else attention.register(), **placement)
     model.eval()
     add_bos = _gguf_add_bos(path) if gguf_file else _tokenizer_adds_bos(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, add_bos=add_bos)
+
+
+def _available_host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def _plain_byte_level_decoder(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -73,3 +80,17 @@ def end_of_generation_ids(loaded: LoadedModel) -> frozenset[int]:
 
 def weights_bytes(model: PreTrainedModel) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def placement_text(model: PreTrainedModel) -> str:
+    """Where the weights are: "CPU", a device, or the devices accelerate spread the modules over."""
+    devices = getattr(model, "hf_device_map", None)
+    if not devices:
+        return "CPU" if model.device.type == "cpu" else str(model.device)
+    counts: dict[str, int] = {}
+    for device in devices.values():
+        name = f"cuda:{device}" if isinstance(device, int) else str(device)
+        counts[name] = counts.get(name, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{name}: {count} modules" for name, count in counts.items())
