@@ -9,8 +9,10 @@ import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DEFAULT_MODEL, start_server, stop_server
 
@@ -30,13 +32,18 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
+def server(tmp_path_factory):
     server = start_server(
         str(tmp_path_factory.mktemp("transformers")), "-id", f"model_id={DEFAULT_MODEL} backend=transformers",
         "--max-sequences", "4", timeout_s=600,
     )
-    yield openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0, timeout=600)
+    yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    return openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0, timeout=600)
 
 
 def greedy(api, prompt: str, max_tokens: int = 12) -> str:
@@ -84,3 +91,19 @@ def test_json_schema_output_is_valid(api):
         max_tokens=40, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
     person = json.loads(answer.choices[0].message.content)
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+
+def model_metrics(server) -> dict[str, float]:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=60).text
+    return {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.labels.get("model") == DEFAULT_MODEL and "le" not in sample.labels}
+
+
+def test_metrics_count_its_tokens_and_report_its_engine_gauges(server, api):
+    before = model_metrics(server)
+    answer = api.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": PROMPTS[2]}], temperature=0, max_tokens=6)
+    after = model_metrics(server)
+    generated = after["gallama_generated_tokens_total"] - before.get("gallama_generated_tokens_total", 0)
+    assert generated == answer.usage.completion_tokens
+    assert after["gallama_queue_depth"] == 0 and after["gallama_running_sequences"] == 0
