@@ -149,14 +149,13 @@ class TransformersEngine(EngineThread):
         if sequence in self._running:
             self._running.remove(sequence)
             self._slots[sequence.slot] = None
+        if not self._running:
+            self._cache.release_memory()  # idle: the buffers' memory goes back until the next request
 
     def _compact(self) -> None:
         """Moves the sequences in the highest slots down into free ones, so that a step's rows are
         consecutive slots and read as a view of the buffer (one sequence's copy when one leaves,
         rather than a gather of every row at every step)."""
-        if not self._running:
-            self._cache.release_memory()
-            return
         while None in self._slots[: len(self._running)]:
             free = self._slots.index(None)
             top = max(self._running, key=lambda s: s.slot)
