@@ -27,6 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
+TOOLS_TEMPLATE = Path(__file__).resolve().parent / "templates" / "chatml_tools.jinja"
 CONTEXT = 8192  # the bundled model's whole context: the agent's prompt grows to ~5k tokens
 TOOL_AREAS = ("file", "git", "shell", "search", "http", "database", "calendar", "email", "image", "notes",
               "tests", "deploy")
@@ -158,14 +159,20 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--chat-template", default=str(TOOLS_TEMPLATE),
+                        help="a Jinja chat template both servers use ('model': each its model's own; SmolLM2's "
+                             "renders no tools, so llama-server's prompt would leave them out)")
     args = parser.parse_args()
     common.exit_on_sigterm()
     model_path = args.model or common.default_model_path()
     binary = common.llama_server_binary()
+    template = [] if args.chat_template == "model" else [args.chat_template]
     servers = {
-        "gallama": common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT)),
+        "gallama": common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT),
+                                         *(["--chat-template", *template] if template else [])),
         "llama-server": common.llama_server(binary, model_path, args.threads, 1, CONTEXT,
-                                            *common.LLAMA_SERVER_FLASH_ATTENTION_OFF),
+                                            *common.LLAMA_SERVER_FLASH_ATTENTION_OFF,
+                                            *(["--jinja", "--chat-template-file", *template] if template else [])),
     }
     turns = transcript(args.turns)
     rows, summary = [], []

@@ -153,7 +153,7 @@ def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: 
     decode_ratio = common.ratio(decode["gallama"], decode["raw"])
     added_ttft = ttft["gallama"] - ttft["raw"]
     lines = [
-        f"| engine | decode tok/s (median) | TTFT ms (median) | TTFT ms (p95) |",
+        "| engine | decode tok/s (median) | TTFT ms (median) | TTFT ms (p95) |",
         "|---|---|---|---|",
     ]
     for name, label in [("gallama", "gallama over HTTP"), ("raw", "llama-cpp-python `Llama` object")]:

@@ -8,7 +8,6 @@ import math
 import time
 
 import httpx
-import pytest
 
 from tests.conftest import DEFAULT_MODEL
 

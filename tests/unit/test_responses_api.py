@@ -11,16 +11,15 @@ from gallama.agentic.custom_input import CustomInput
 from gallama.protocol.errors import InvalidRequest, RequestTimedOut, ServiceUnavailable
 from gallama.protocol.responses_api import (
     EventStream,
-    ResponseIdentity,
     ResponseShell,
     VERBOSITY_INSTRUCTIONS,
     ResponsesRequest,
     drop_oldest_turn,
-    lost_stream_events,
     open_reasoning,
     seal_reasoning,
     translate,
 )
+from gallama.protocol.responses_lifecycle import ResponseIdentity, lost_stream_events
 from gallama.server.responses_store import ResponsesStore
 
 SECRET = bytes(range(32))

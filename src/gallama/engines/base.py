@@ -9,9 +9,10 @@ template, context, memory) and of its work (the counters /metrics reports).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Protocol
 
-from llguidance import LLMatcher, LLTokenizer
+if TYPE_CHECKING:  # only named in annotations: the front imports this module and needs no llguidance
+    from llguidance import LLMatcher, LLTokenizer
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,7 @@ from gallama.router.handover import wants_handover
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
 from gallama.router.worker_metrics import scrape_workers
-from gallama.serving.registry import ModelRegistry
-from gallama.server.app import create_app, install_error_handlers
+from gallama.server.error_handlers import install_error_handlers
 from gallama.server.guard import MODEL_FALLBACK, Guard, GuardSettings, Metrics
 from gallama.server.responses_store import ResponsesStore, input_items_page
 
@@ -113,6 +112,10 @@ def create_front(
     def openapi() -> dict:
         # The routed paths are plain routes here: their operations and request bodies are the workers' own.
         if app.openapi_schema is None:
+            # The workers' routes load the whole chat core: the front imports them only when asked for this.
+            from gallama.server.app import create_app
+            from gallama.serving.registry import ModelRegistry
+
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             worker = create_app(ModelRegistry()).openapi()
             schema["paths"].update({path: ops for path, ops in worker["paths"].items() if path in ROUTED_PATHS})

@@ -13,11 +13,11 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gallama.protocol.errors import ServiceUnavailable
-from gallama.protocol.responses_api import ResponseIdentity, lost_stream_events
+from gallama.protocol.errors import RESPONSES_PATH, ServiceUnavailable
+from gallama.protocol.responses_lifecycle import ResponseIdentity, lost_stream_events
+from gallama.protocol.sse_frames import error_frames, named_event
 from gallama.router.handover import TRANSPORT
 from gallama.router.instances import Instance
-from gallama.server.sse import RESPONSES_PATH, error_frames, named_event
 from gallama.server.handover import HANDED_OVER_STATUS, HANDED_OVER_TYPE, HANDOVER_HEADER, LAST_CHUNK, chunk
 
 # Per-connection headers that the front's own server sets again.
@@ -67,11 +67,11 @@ class _Relay(StreamingResponse):
     async def _chunks(self):
         tail = b""
         try:
-            async for chunk in self.upstream.aiter_raw():
+            async for data in self.upstream.aiter_raw():
                 if self.end.response is not None:  # count the events that went by: each ends with a blank line
-                    self.end.sequence += (tail + chunk).count(b"\n\n")
-                    tail = chunk[-1:]
-                yield chunk
+                    self.end.sequence += (tail + data).count(b"\n\n")
+                    tail = data[-1:]
+                yield data
         except httpx.HTTPError as error:  # headers are sent: the failure travels as an event
             yield self.end.lost(self.instance, error)
 

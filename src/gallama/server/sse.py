@@ -1,10 +1,8 @@
-"""Server-sent events in two framings: OpenAI's chat and completions (`data: {json}` lines, then
-`data: [DONE]`), and named events (`event: <type>` before each `data:` line, no end marker), which
-Anthropic's Messages and OpenAI's Responses streams use."""
+"""A stream of API chunks written as server-sent events: to the client's own socket when the front handed
+it over, else as a streaming response; the engine runs are cancelled when the stream ends or the client leaves."""
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 from typing import Any, AsyncIterator
@@ -12,29 +10,12 @@ from typing import Any, AsyncIterator
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
-from gallama.protocol.errors import RESPONSES_PATH, APIError, ServerFailed, as_api_error, speaks_anthropic
+from gallama.protocol.errors import RESPONSES_PATH, APIError, ServerFailed, as_api_error
+from gallama.protocol.sse_frames import OPENAI_STREAM_PATHS, error_frames, named_event, openai_event
 from gallama.server.choices import ChoiceRun
 from gallama.server.handover import handed_over
 
 log = logging.getLogger(__name__)
-
-OPENAI_STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
-
-
-def _event(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
-def named_event(payload: dict[str, Any]) -> str:
-    return f"event: {payload['type']}\n{_event(payload)}"
-
-
-def error_frames(path: str, error: APIError) -> str:
-    """How a stream on `path` ends with an error: the API's own error event."""
-    if speaks_anthropic(path) or path.startswith(RESPONSES_PATH):
-        return named_event(error.stream_event(path))
-    return _event(error.body()) + _event("[DONE]")
 
 
 def stream_error(error: Exception) -> APIError:
@@ -52,7 +33,7 @@ def _cancel(runs: list[ChoiceRun]) -> None:
 
 
 async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], path: str) -> AsyncIterator[str]:
-    frame = _event if path.startswith(OPENAI_STREAM_PATHS) else named_event
+    frame = openai_event if path.startswith(OPENAI_STREAM_PATHS) else named_event
     try:
         async for chunk in chunks:
             yield frame(chunk)
@@ -63,8 +44,8 @@ async def _frames(chunks: AsyncIterator[dict[str, Any]], runs: list[ChoiceRun], 
     finally:
         # Also reached when the client disconnects and the response task is cancelled.
         _cancel(runs)
-    if frame is _event:
-        yield _event("[DONE]")
+    if frame is openai_event:
+        yield openai_event("[DONE]")
 
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 
 from gallama.protocol.errors import ContextLengthExceeded, ResponseNotFound
 from gallama.protocol.responses_api import (
-    EventStream, ResponseIdentity, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
+    EventStream, ResponseShell, ResponsesRequest, Translation, drop_oldest_turn, translate,
 )
+from gallama.protocol.responses_lifecycle import ResponseIdentity
 from gallama.serving.served_model import ServedModel
 from gallama.server.responses_store import ResponsesStore
 from gallama.server.routes.chat import complete, start_chat, stream_chunks
