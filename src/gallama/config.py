@@ -91,10 +91,12 @@ class ModelSpec(BaseModel):
     ray_resources: dict[str, float] | None = None
     # The output budget of a request that sets none (llama-server's --n-predict); default: the rest of the context.
     default_max_tokens: int | None = Field(default=None, gt=0)
+    # The weights' and KV cache's type (transformers backend); auto: bfloat16 on a GPU, float32 on a CPU.
+    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] | None = None
 
     _split_gpus = field_validator("gpus", "draft_gpus", mode="before")(_gpu_list)
     # The original gallama's README spells them exLlama, Llama_cpp, fp16, q8: users copy those.
-    _lower_names = field_validator("backend", "model_type", "draft_mode", mode="before")(_lower)
+    _lower_names = field_validator("backend", "model_type", "draft_mode", "dtype", mode="before")(_lower)
     _upper_quants = field_validator("cache_quant", "cache_quant_v", "draft_cache_quant", mode="before")(_upper)
     _parse_resources = field_validator("ray_resources", mode="before")(_resource_map)
 
@@ -269,9 +271,11 @@ def _locate(model_id: str) -> tuple[Path, str | None, str]:
         if _is_sentence_transformers(path):
             return path.resolve(), "embedding", name
         gguf = _gguf_in_folder(path)
-        if gguf is None:
-            raise SpecError(f"{path} holds no GGUF file and no sentence-transformers model")
-        return gguf.resolve(), "llama_cpp", name
+        if gguf is not None:
+            return gguf.resolve(), "llama_cpp", name
+        if (path / "config.json").is_file():  # a Hugging Face model folder
+            return path.resolve(), "transformers", name
+        raise SpecError(f"{path} holds no GGUF file, no config.json and no sentence-transformers model")
     raise SpecError(
         f"model_id '{model_id}' is not a name in {config_path()}, a GGUF file, a model folder, "
         f"or the bundled {DEFAULT_CHAT_MODEL.name}"

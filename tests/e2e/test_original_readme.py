@@ -251,7 +251,7 @@ def test_remote_model_management_with_models_of_this_machine(first_run, tmp_path
 @pytest.mark.parametrize("spec, words", [
     ("model_id=mistral gpus=20,0,0,0", ["model_id 'mistral' is not a name in"]),
     (f"model_id={DEFAULT_MODEL} gpus=20,0,0,0", ["runs on CPUs only", "install llama-cpp-python with CUDA"]),
-    (f"model_id={DEFAULT_MODEL} backend=exLlama", ["backend 'exllama' is not available", "llama_cpp, embedding"]),
+    (f"model_id={DEFAULT_MODEL} backend=exLlama", ["backend 'exllama' is not available", "llama_cpp, transformers, embedding"]),
     (f"model_id={DEFAULT_MODEL} cache_quant=Q3", ["bad value for 'cache_quant'", "FP16"]),
     (f"model_id={DEFAULT_MODEL} cache_quant=Q8 flash_attention=false", ["cache_quant_v=FP16"]),
     (f"model_id={DEFAULT_MODEL} gpu=20", ["unknown key 'gpu'", "valid keys"]),

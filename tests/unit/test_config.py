@@ -173,7 +173,7 @@ def test_a_backend_this_install_lacks_names_the_available_ones(gguf):
     with pytest.raises(SpecError) as caught:
         resolve(parse_spec_string(f"model_id={gguf} backend=exLlama"), {})
     assert "backend 'exllama' is not available" in str(caught.value)
-    assert "the backends this install has: llama_cpp, embedding" in str(caught.value)
+    assert "the backends this install has: llama_cpp, transformers, embedding" in str(caught.value)
 
 
 def test_zero_gpus_mean_cpu(gguf):

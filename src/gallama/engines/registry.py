@@ -10,10 +10,11 @@ from __future__ import annotations
 from gallama.engines.backend import Backend, UnsupportedSpec
 from gallama.engines.embedding.backend import EMBEDDING
 from gallama.engines.llama_cpp.backend import LLAMA_CPP
+from gallama.engines.transformers.backend import TRANSFORMERS
 
-BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (LLAMA_CPP, EMBEDDING)}
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (LLAMA_CPP, TRANSFORMERS, EMBEDDING)}
 # Backends of the spec format that this gallama has no engine for yet: the package each would need.
-PLANNED = {"exllama": "exllamav2", "transformers": "transformers"}
+PLANNED = {"exllama": "exllamav2"}
 BACKEND_NAMES = (*BACKENDS, *PLANNED)
 
 

@@ -9,15 +9,12 @@ ctypes releases the GIL inside `llama_decode`, so the HTTP loop keeps serving.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
 import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Callable
 
@@ -28,8 +25,9 @@ import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from gallama.engines.base import (
-    EngineCounters, EngineError, EngineOverloaded, GenerationRequest, ModelFacts, SpecialTokens, TokenEvent,
+    EngineCounters, EngineError, GenerationRequest, ModelFacts, SpecialTokens, TokenEvent,
 )
+from gallama.engines.engine_thread import EngineThread
 from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.llama_cpp.batch import TokenBatch
 from gallama.engines.llama_cpp.draft_model import DraftModel
@@ -41,9 +39,10 @@ from gallama.engines.llama_cpp.setup import (
 )
 from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
 from gallama.engines.ngram import NgramDrafter
-from gallama.engines.outbox import Outbox
+from gallama.engines.stream import SequenceStream
 from gallama.engines.prefix import common_prefix_length, starts_with
-from gallama.engines.sampling import SequenceSampler, log_softmax, top_logprobs
+from gallama.engines.sampling import SequenceSampler
+from gallama.engines.token_events import allowed_tokens
 
 log = logging.getLogger(__name__)
 
@@ -80,44 +79,7 @@ class _Sequence:
     reused: int = 0  # prompt tokens found in the KV cache
 
 
-class SequenceStream:
-    """The tokens of one queued request (a `TokenStream`); `cancel` frees its slot at the next step."""
-
-    def __init__(self, engine: "LlamaCppEngine", sequence: _Sequence, events: asyncio.Queue):
-        self._engine = engine
-        self._sequence = sequence
-        self._events = events
-        self._done = False
-
-    def __aiter__(self) -> "SequenceStream":
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            event = await self._events.get()
-        except BaseException:  # the consumer was cancelled (client gone): stop decoding for it
-            self.cancel()
-            raise
-        if isinstance(event, Exception):
-            self.cancel()
-            raise event
-        if event.finish_reason is not None:
-            self._done = True
-        return event
-
-    def ready(self) -> bool:
-        """Whether the next event is already here (no wait)."""
-        return not self._events.empty()
-
-    def cancel(self) -> None:
-        self._done = True
-        if not self._sequence.cancelled:
-            self._engine._cancel(self._sequence)
-
-
-class LlamaCppEngine:
+class LlamaCppEngine(EngineThread):
     """An `Engine` (gallama.engines.base) on llama.cpp."""
 
     def __init__(
@@ -197,16 +159,7 @@ class LlamaCppEngine:
         self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]
         self._prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
         self._free_slots: deque[_Slot] = deque(self._slots)  # least recently used first
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
-        self._queue_size = queue_size
-        self._outbox = Outbox()  # events leave the engine thread once per step
-        self._llg_executor = llguidance.LLExecutor()
-        self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masks")
-        self._lock = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"engine:{os.path.basename(model_path)}", daemon=True)
-        self._thread.start()
+        self._start_thread(queue_size, model_path)
 
     # -- model facts -------------------------------------------------------
 
@@ -251,12 +204,7 @@ class LlamaCppEngine:
 
     def generate(self, request: GenerationRequest) -> SequenceStream:
         """Queues the request now (raising EngineOverloaded if the queue is full)."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
-
-        def emit(event: TokenEvent | Exception) -> None:
-            self._outbox.put(loop, events, event)
-
+        events, emit = self._new_events()
         sequence = _Sequence(
             request=request,
             emit=emit,
@@ -268,21 +216,10 @@ class LlamaCppEngine:
         self._submit(sequence)
         return SequenceStream(self, sequence, events)
 
-    def _cancel(self, sequence: _Sequence) -> None:
-        with self._lock:
-            sequence.cancelled = True
-            self._lock.notify()
-
     def _submit(self, sequence: _Sequence) -> None:
         if sequence.reservation > self.context_length:
             raise ValueError("prompt plus max_tokens exceed the context length")
-        with self._lock:
-            if self._closed:
-                raise EngineError("the engine is shut down")
-            if len(self._waiting) >= self._queue_size:
-                raise EngineOverloaded()
-            self._waiting.append(sequence)
-            self._lock.notify()
+        self._enqueue(sequence)
 
     def counters(self) -> EngineCounters:
         return EngineCounters(
@@ -291,11 +228,7 @@ class LlamaCppEngine:
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._lock.notify()
-        self._thread.join(timeout=10)
-        self._mask_pool.shutdown()
+        self._stop_thread()
         if self._draft_model is not None:
             self._draft_model.close()
         self._ctx.close()
@@ -303,32 +236,8 @@ class LlamaCppEngine:
 
     # -- the engine thread -------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                self._drop_cancelled()
-                self._admit()
-                while not self._running and not self._closed:
-                    self._outbox.flush()  # a request that failed to start has its error out before the wait
-                    self._lock.wait()
-                    self._drop_cancelled()
-                    self._admit()
-                if self._closed:
-                    for sequence in [*self._running, *self._waiting]:
-                        sequence.emit(EngineError("the server is shutting down"))
-                    self._outbox.flush()
-                    return
-                batch_members = list(self._running)
-            try:
-                self._step(batch_members)
-            except Exception as error:  # a failed decode ends the requests in it, not the engine
-                log.exception("decode step failed")
-                with self._lock:
-                    for sequence in batch_members:
-                        sequence.emit(EngineError(f"decoding failed: {error}"))
-                        self._release(sequence, keep_cache=False)
-            finally:
-                self._outbox.flush()
+    def _release_failed(self, sequence: _Sequence) -> None:
+        self._release(sequence, keep_cache=False)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.cancelled]:
@@ -402,11 +311,6 @@ class LlamaCppEngine:
         if lost < MIN_COPIED_PREFIX or any(starts_with(s.cached, slot.cached) for s in self._slots if s is not slot):
             return
         self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id))
-
-    def _fail(self, sequence: _Sequence, error: Exception) -> None:
-        sequence.emit(error)
-        with self._lock:
-            self._release(sequence, keep_cache=False)
 
     def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
         """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""
@@ -532,7 +436,7 @@ class LlamaCppEngine:
             return None
         if not first:  # past a verified draft the matcher has moved on: a fresh mask
             mask_row = np.frombuffer(constraint.compute_bitmask(), dtype=np.uint8)
-        return np.unpackbits(mask_row.view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
+        return allowed_tokens(mask_row, self.vocab_size)
 
     def _sample(self, sequence: _Sequence, rows: list[int], mask_row: np.ndarray | None) -> None:
         """Samples the next token; with drafts, keeps each draft the model agrees with, then one more."""
@@ -564,19 +468,6 @@ class LlamaCppEngine:
         sequence.pending = [token]
         self._fast_forward(sequence)
 
-    def _fast_forward(self, sequence: _Sequence) -> None:
-        """Emits the tokens the constraint forces next (a JSON key, the quote after it) without
-        sampling them: they join the next decode as extra rows of the sequence, which costs far less
-        than a decode step each. Not with logprobs, which need the model's view of every token."""
-        request = sequence.request
-        if request.constraint is None or request.top_logprobs is not None:
-            return
-        for token in request.constraint.compute_ff_tokens():
-            self.forced_total += 1
-            if not self._emit(sequence, token, logits=None):
-                return
-            sequence.pending.append(token)
-
     def _learn_acceptance(self, sequence: _Sequence, verified: int, kept: int) -> None:
         if sequence.acceptance is None:
             return
@@ -591,7 +482,6 @@ class LlamaCppEngine:
 
     def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray | None) -> bool:
         """Sends one generated token; False when the sequence ended (and was released)."""
-        request = sequence.request
         sequence.sampler.accept(token)
         sequence.generated += 1
         if sequence.drafter is not None:
@@ -599,19 +489,8 @@ class LlamaCppEngine:
         finished = self.is_end_of_generation(token)
         event = TokenEvent(token=token, piece=b"" if finished else self._pieces[token],
                            cached_prompt_tokens=sequence.reused if sequence.generated == 1 else 0)
-        if request.top_logprobs is not None:
-            logprobs = log_softmax(logits)
-            event.logprob = float(logprobs[token])
-            event.top_logprobs = top_logprobs(logprobs, request.top_logprobs)
-        if request.constraint is not None and not finished:
-            if not request.constraint.consume_token(token):
-                self._fail(sequence, EngineError(f"the constraint rejected a token: {request.constraint.get_error()}"))
-                return False
-            finished = request.constraint.is_stopped()
-        if finished:
-            event.finish_reason = "stop"
-        elif sequence.generated >= request.max_tokens:
-            event.finish_reason = "length"
+        if not self._settle(sequence, event, finished, logits):
+            return False
         if event.finish_reason is not None:
             event.drafted, event.accepted = sequence.drafted, sequence.accepted
             with self._lock:
