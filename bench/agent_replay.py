@@ -166,13 +166,13 @@ def main() -> None:
     common.exit_on_sigterm()
     model_path = args.model or common.default_model_path()
     binary = common.llama_server_binary()
-    template = [] if args.chat_template == "model" else [args.chat_template]
+    own_templates = args.chat_template == "model"
+    gallama_template = [] if own_templates else ["--chat-template", args.chat_template]
+    llama_server_template = [] if own_templates else ["--jinja", "--chat-template-file", args.chat_template]
     servers = {
-        "gallama": common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT),
-                                         *(["--chat-template", *template] if template else [])),
+        "gallama": common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT), *gallama_template),
         "llama-server": common.llama_server(binary, model_path, args.threads, 1, CONTEXT,
-                                            *common.LLAMA_SERVER_FLASH_ATTENTION_OFF,
-                                            *(["--jinja", "--chat-template-file", *template] if template else [])),
+                                            *common.LLAMA_SERVER_FLASH_ATTENTION_OFF, *llama_server_template),
     }
     turns = transcript(args.turns)
     rows, summary = [], []

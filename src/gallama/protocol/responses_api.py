@@ -56,7 +56,7 @@ VERBOSITY_INSTRUCTIONS = {
 
 
 def instructions_with_verbosity(instructions: str | None, text: TextConfig | None) -> str | None:
-    line = VERBOSITY_INSTRUCTIONS.get(text.verbosity) if text and text.verbosity else None
+    line = VERBOSITY_INSTRUCTIONS.get(text.verbosity) if text else None
     if not line:
         return instructions
     return f"{instructions}\n\n{line}" if instructions else line
