@@ -78,6 +78,7 @@ def payload(peer: str, prompt: str, max_tokens: int, banned: list[int]) -> dict:
 
 async def streams(server: common.Server, peer: str, count: int, args, banned, tokenizer) -> dict:
     prompts = [common.PROMPTS[i % len(common.PROMPTS)] for i in range(count)]
+    cpu_before = server.cpu_seconds()
     async with httpx.AsyncClient(timeout=1800) as client:
         began = time.perf_counter()
         results = await asyncio.gather(*(common.stream_chat(client, server.base_url, payload(peer, p, args.max_tokens, banned))
@@ -89,7 +90,8 @@ async def streams(server: common.Server, peer: str, count: int, args, banned, to
         if result.completion_tokens is None:  # no usage: count the text's tokens
             result.completion_tokens = tokenizer.count(result.text)
     common.count_first_chunk_tokens(results, tokenizer)
-    return {"aggregate": sum(r.tokens for r in results) / wall,
+    tokens = sum(r.tokens for r in results)
+    return {"aggregate": tokens / wall, "cpu_ms_per_token": 1000 * (server.cpu_seconds() - cpu_before) / tokens,
             "ttft_ms": common.median([r.first_token_s * 1000 for r in results]),
             "decode": common.median([r.decode_tokens_per_s for r in results]),
             "tokens": [r.tokens for r in results]}
@@ -100,14 +102,15 @@ def generate_single(model, tokenizer, prompt: str, max_tokens: int) -> dict:
 
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         return_tensors="pt")
-    timings = {}
+    timings, cpu = {}, 0.0
     for count in (1, max_tokens):
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         with torch.no_grad():
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=count, min_new_tokens=count,
                            do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        timings[count] = time.perf_counter() - began
-    return {"ttft_ms": timings[1] * 1000, "decode": (max_tokens - 1) / (timings[max_tokens] - timings[1])}
+        timings[count], cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    return {"ttft_ms": timings[1] * 1000, "decode": (max_tokens - 1) / (timings[max_tokens] - timings[1]),
+            "cpu_ms_per_token": 1000 * cpu / max_tokens}
 
 
 def run_serving(args) -> None:
@@ -144,13 +147,14 @@ def report(args, samples) -> None:
     def med(peer: str, count: int, key: str) -> float | None:
         return common.median([s[key] for s in samples.get((peer, count), [])])
 
-    rows = ["| | single-stream decode tok/s | TTFT ms (1 stream) | aggregate tok/s x1 | x4 | x8 | x8 / x1 |",
-            "|---|---|---|---|---|---|---|",
+    rows = ["| | single-stream decode tok/s | TTFT ms (1 stream) | CPU ms per token (1 stream) | aggregate tok/s x1 | x4 | x8 | x8 / x1 |",
+            "|---|---|---|---|---|---|---|---|",
             f"| `generate` | {common.fmt(med('generate', 1, 'decode'))} | {common.fmt(med('generate', 1, 'ttft_ms'), 0)} "
-            "| | | | |"]
+            f"| {common.fmt(med('generate', 1, 'cpu_ms_per_token'))} | | | | |"]
     for peer in PEERS:
         aggregates = [med(peer, count, "aggregate") for count in STREAMS]
         rows.append(f"| {peer} | {common.fmt(med(peer, 1, 'decode'))} | {common.fmt(med(peer, 1, 'ttft_ms'), 0)} | "
+                    f"{common.fmt(med(peer, 1, 'cpu_ms_per_token'))} | "
                     + " | ".join(common.fmt(a) for a in aggregates)
                     + f" | {common.fmt(common.ratio(aggregates[-1], aggregates[0]), 2, 'x')} |")
     gallama_x8, serve_x8 = med("gallama", 8, "aggregate"), med("transformers-serve", 8, "aggregate")

@@ -9,6 +9,7 @@ import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -20,6 +21,7 @@ MISSING = [name for name in ("torch", "transformers", "gguf", "accelerate") if i
 pytestmark = pytest.mark.skipif(
     bool(MISSING), reason=f"the transformers extra is not installed (missing: {', '.join(MISSING)})")
 
+BESIDE = "smollm2-llama-cpp"  # the same GGUF on the llama.cpp engine, behind the same front
 PROMPTS = ["What is the capital of France?", "Name three colors.", "Count from one to five."]
 WEATHER = {
     "type": "function",
@@ -35,7 +37,7 @@ WEATHER = {
 def server(tmp_path_factory):
     server = start_server(
         str(tmp_path_factory.mktemp("transformers")), "-id", f"model_id={DEFAULT_MODEL} backend=transformers",
-        "--max-sequences", "4", timeout_s=600,
+        "-id", f"model_id={DEFAULT_MODEL} model_name={BESIDE}", "--max-sequences", "4", timeout_s=600,
     )
     yield server
     stop_server(server)
@@ -107,3 +109,47 @@ def test_metrics_count_its_tokens_and_report_its_engine_gauges(server, api):
     generated = after["gallama_generated_tokens_total"] - before.get("gallama_generated_tokens_total", 0)
     assert generated == answer.usage.completion_tokens
     assert after["gallama_queue_depth"] == 0 and after["gallama_running_sequences"] == 0
+
+
+def test_a_llama_cpp_instance_serves_beside_it_behind_one_front(server, api):
+    assert {DEFAULT_MODEL, BESIDE} <= {model.id for model in api.models.list()}
+    health = {model["id"]: model for model in httpx.get(f"{server.base_url}/health", timeout=60).json()["models"]}
+
+    def maps_torch(model: str) -> bool:
+        pid = health[model]["instances"][0]["pid"]
+        return "libtorch" in open(f"/proc/{pid}/maps").read()
+
+    assert maps_torch(DEFAULT_MODEL) and not maps_torch(BESIDE)  # one worker per engine
+    beside = api.chat.completions.create(
+        model=BESIDE, messages=[{"role": "user", "content": PROMPTS[0]}], temperature=0, max_tokens=12)
+    assert beside.choices[0].message.content and beside.usage.completion_tokens <= 12
+
+
+def test_legacy_completions_stop_at_a_stop_string(api):
+    answer = api.completions.create(model=DEFAULT_MODEL, prompt="1, 2, 3, 4,", temperature=0, max_tokens=12, stop=["7"])
+    text = answer.choices[0].text
+    assert "5" in text and "7" not in text and answer.choices[0].finish_reason == "stop"
+
+
+def test_the_responses_api_streams_a_thinking_template_apart_from_the_answer(api):
+    thinking = "<thinking><step>{first step}</step></thinking>"
+    with api.responses.stream(model=DEFAULT_MODEL, input="What is 2 + 3?", temperature=0, max_output_tokens=30,
+                              extra_body={"thinking_template": thinking, "thinking_max_tokens": 60}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.reasoning_text.delta" in kinds and "response.output_text.delta" in kinds
+    assert final.output[0].type == "reasoning" and "<step>" in final.output[0].content[0].text
+    assert "<step>" not in final.output_text
+
+
+def test_anthropic_messages_call_a_tool(server):
+    claude = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0)
+    city = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    tool = {"name": "get_weather", "description": WEATHER["function"]["description"], "input_schema": city}
+    reply = claude.messages.create(model=DEFAULT_MODEL, max_tokens=40, tools=[tool],
+                                   tool_choice={"type": "any", "disable_parallel_tool_use": True},
+                                   messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                                   extra_body={"temperature": 0})
+    calls = [block for block in reply.content if block.type == "tool_use"]
+    assert reply.stop_reason == "tool_use" and calls[0].name == "get_weather"
+    assert isinstance(calls[0].input["city"], str)
