@@ -1,6 +1,6 @@
 """The engine thread shared by the batching engines: the queue, the step loop, cancellation, forced tokens.
 
-An engine calls `_start_thread` once its model is loaded, holds `forced_total`, and gives `_drop_cancelled`, `_admit` (both under the
+An engine calls `_start_thread` once its model is loaded, holds `forced_total` and `vocab_size`, and gives `_drop_cancelled`, `_admit` (both under the
 lock), `_step(members)`, `_release_failed(sequence)` and `_emit(sequence, token, logits)`.
 Its sequences have `request`, `emit`, `cancelled` and `pending` (tokens to feed next).
 """
@@ -13,15 +13,18 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import llguidance
+import llguidance.numpy
+import numpy as np
 
 from gallama.engines.base import EngineError, EngineOverloaded, TokenEvent
 from gallama.engines.outbox import Outbox
 from gallama.engines.token_events import settle
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineThread:
@@ -95,6 +98,22 @@ class EngineThread:
                         self._release_failed(sequence)
             finally:
                 self._outbox.flush()
+
+    def _with_masks(self, sequences: list[Any], forward: Callable[[], T]) -> tuple[T, dict[int, np.ndarray]]:
+        """Runs `forward` while llguidance computes the next-token masks of the sequences' constraints
+        (in parallel, off the GIL: they depend only on the tokens consumed so far); returns its result
+        and each constrained sequence's mask row, by id of the sequence."""
+        constrained = [s for s in sequences if s.request.constraint is not None]
+        if not constrained:
+            return forward(), {}
+        masks = llguidance.numpy.allocate_token_bitmask(len(constrained), self.vocab_size)
+        pending = self._mask_pool.submit(llguidance.numpy.fill_next_token_bitmask_par, self._llg_executor,
+                                         [(s.request.constraint, i) for i, s in enumerate(constrained)], masks)
+        try:
+            result = forward()
+        finally:
+            pending.result()
+        return result, {id(s): masks[i] for i, s in enumerate(constrained)}
 
     def _fail(self, sequence: Any, error: Exception) -> None:
         sequence.emit(error)

@@ -20,7 +20,6 @@ from typing import Callable
 
 import llama_cpp
 import llguidance
-import llguidance.numpy
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
@@ -396,35 +395,20 @@ class LlamaCppEngine(EngineThread):
             fed.append((sequence, len(chunk)))
             if whole:
                 outputs.append((sequence, list(rows) if sequence.drafts else [rows[-1]]))
-        # The next-token masks depend only on what the matchers have consumed so
-        # far, so llguidance computes them (in parallel, off the GIL) while
-        # llama.cpp decodes.
-        constrained = [s for s, _ in outputs if s.request.constraint is not None]
-        masks = None
-        if constrained:
-            masks = llguidance.numpy.allocate_token_bitmask(len(constrained), self.vocab_size)
-            pending_masks = self._mask_pool.submit(
-                llguidance.numpy.fill_next_token_bitmask_par,
-                self._llg_executor,
-                [(s.request.constraint, i) for i, s in enumerate(constrained)],
-                masks,
-            )
-        try:
+        def forward() -> tuple[int, float]:
             started = time.perf_counter()
             status = batch.decode(self._ctx.ctx)
             # On a GPU llama_decode returns before the work is done (one row timed 0.15 ms of a 1.4 ms
             # step on an H200): the draft budget needs the whole step. On a CPU it has finished already.
             llama_cpp.llama_synchronize(self._ctx.ctx)
-            seconds = time.perf_counter() - started
-        finally:
-            if constrained:
-                pending_masks.result()
+            return status, time.perf_counter() - started
+
+        (status, seconds), mask_rows = self._with_masks([s for s, _ in outputs], forward)
         if status != 0:
             raise EngineError(f"llama_decode returned {status}")
         for sequence, count in fed:
             sequence.slot.cached.extend(sequence.pending[:count])
             del sequence.pending[:count]
-        mask_rows = {id(s): masks[i] for i, s in enumerate(constrained)}
         for sequence, rows in outputs:
             self._sample(sequence, rows, mask_rows.get(id(sequence)))
         self._outbox.flush()  # now, not after the step's other decode: these tokens are ready

@@ -15,7 +15,6 @@ from functools import cached_property
 from typing import Callable
 
 import llguidance
-import llguidance.numpy
 import numpy as np
 import torch
 from llguidance.hf import from_tokenizer
@@ -180,18 +179,18 @@ class TransformersEngine(EngineThread):
     def _decode(self, members: list[_Sequence]) -> None:
         """One forward pass for the next token of every member."""
         tokens = torch.tensor([s.pending for s in members])
-        logits = self._forward(members, lambda: self._run_model(members, tokens).logits[:, -1, :])
+        logits = self._with_masks(members, lambda: self._logits(self._run_model(members, tokens)))
         for sequence in members:
             sequence.pending = []
         self._sample_rows(members, logits)
 
     def _prefill(self, sequence: _Sequence, take: int) -> None:
         chunk, sequence.pending = sequence.pending[:take], sequence.pending[take:]
-        run = lambda: self._run_model([sequence], torch.tensor([chunk]), logits_to_keep=1).logits[:, -1, :]  # noqa: E731
+        run = lambda: self._run_model([sequence], torch.tensor([chunk]), logits_to_keep=1)  # noqa: E731
         if sequence.pending:
             run()  # more prompt follows: no token to sample yet
             return
-        self._sample_rows([sequence], self._forward([sequence], run))
+        self._sample_rows([sequence], self._with_masks([sequence], lambda: self._logits(run())))
 
     def _run_model(self, members: list[_Sequence], tokens: torch.Tensor, **options):
         """A forward pass of `tokens` (one row per member), each row's keys and values written into its slot."""
@@ -208,28 +207,17 @@ class TransformersEngine(EngineThread):
             sequence.cached += new_tokens
         return output
 
-    def _forward(self, members: list[_Sequence], run: Callable[[], torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Runs the forward pass while llguidance computes the members' masks (they depend only on
-        the tokens consumed so far); returns the logits and the masks of the constrained rows."""
-        constrained = [(s.request.constraint, i) for i, s in enumerate(members) if s.request.constraint is not None]
-        masks, pending = None, None
-        if constrained:
-            masks = llguidance.numpy.allocate_token_bitmask(len(members), self.vocab_size)
-            pending = self._mask_pool.submit(
-                llguidance.numpy.fill_next_token_bitmask_par, self._llg_executor, constrained, masks)
-        try:
-            logits = run().float().cpu().numpy()
-        finally:
-            if pending is not None:
-                pending.result()
-        return logits, masks
+    @staticmethod
+    def _logits(output) -> np.ndarray:
+        """The last position's logits of each row, as float32 on the host."""
+        return output.logits[:, -1, :].float().cpu().numpy()
 
-    def _sample_rows(self, members: list[_Sequence], forwarded: tuple[np.ndarray, np.ndarray | None]) -> None:
+    def _sample_rows(self, members: list[_Sequence], forwarded: tuple[np.ndarray, dict[int, np.ndarray]]) -> None:
         logits, masks = forwarded
         for row, sequence in enumerate(members):
             allowed = None
             if sequence.request.constraint is not None:
-                allowed = allowed_tokens(masks[row], self.vocab_size)
+                allowed = allowed_tokens(masks[id(sequence)], self.vocab_size)
                 if not allowed.any():
                     self._fail(sequence, EngineError(
                         f"the constraint allows no token: {sequence.request.constraint.get_error()}"))
