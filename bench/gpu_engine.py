@@ -3,18 +3,20 @@
 Engine level (no HTTP), so that it runs where only llama-cpp-python (a CUDA build), llguidance and
 numpy are installed, as on a lent GPU machine:
 
-    python bench/gpu_engine.py --model SmolLM2.gguf [--gpu-layers 999] [--max-tokens 128]
+    python bench/gpu_engine.py --model SmolLM2.gguf [--gpu-gb 80] [--max-tokens 128] [--rounds 3]
 
 Reports: whether greedy output is the same alone and beside other requests (prompts past 512
-tokens included), single-stream and 8-stream decode tokens/s, and n-gram speculation's speed-up on
-a rewrite (greedy, as llama.cpp's own verify batch makes it) with how many outputs equal the plain
-ones. Prints a markdown section to paste into docs/benchmarks.md.
+tokens included), single-stream decode tokens/s against llama-cpp-python's own `Llama.generate` on
+the same GPU (rounds alternated, medians), 8-stream decode tokens/s, and n-gram speculation's
+speed-up on a rewrite (greedy, as llama.cpp's own verify batch makes it) with how many outputs equal
+the plain ones. Prints a markdown section to paste into docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gallama.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from gallama.engines.llama_cpp.engine import LlamaCppEngine  # noqa: E402
+import llama_cpp  # noqa: E402,I001
 
 TEXT = ("My sister loves to travel. Every summer she visits a new country, learns a few words of its "
         "language and sends us postcards. Last year she went to Portugal and stayed in a small town by the sea.")
@@ -63,22 +66,60 @@ async def decode_rate(engine: LlamaCppEngine, streams: int, max_tokens: int) -> 
     return sum(len(r[0]) - 1 for r in results) / (max(r[2] for r in results) - min(r[1] for r in results))
 
 
+def raw_rate(llm, tokens: list[int], max_tokens: int) -> float:
+    """llama-cpp-python's own loop (`Llama.generate`, greedy, end tokens not stopping it) over the same prompt."""
+    times = []
+    for _ in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        times.append(time.perf_counter())
+        if len(times) == max_tokens:
+            break
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def against_raw(engine: LlamaCppEngine, llm, rounds: int, max_tokens: int) -> tuple[list[float], list[float]]:
+    """Single-stream decode rates of the engine and of `Llama.generate`, rounds alternated (order swapped each)."""
+    tokens = chat(engine, PROMPTS[0])
+    ours, theirs = [], []
+    for n in range(rounds + 1):  # the first round warms both up
+        for side in (("ours", "raw") if n % 2 else ("raw", "ours")):
+            if side == "ours":
+                tokens_out, first, end, _ = await run(engine, tokens, max_tokens, ban_end=True)
+                rate = (len(tokens_out) - 1) / (end - first)
+            else:
+                rate = raw_rate(llm, tokens, max_tokens)
+            if n:
+                (ours if side == "ours" else theirs).append(rate)
+    return ours, theirs
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--gpu-layers", type=int, default=999, help="999: every layer, as a spec with gpus= asks")
+    parser.add_argument("--gpu-gb", type=float, default=80.0, help="GB of the first GPU the engine may use (gpus=)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the single-stream comparison with Llama.generate")
     args = parser.parse_args()
-    common = {"max_sequences": 8, "cache_size": 8 * 2048, "n_gpu_layers": args.gpu_layers}
-    lines = [f"## GPU engine check ({args.model.rsplit('/', 1)[-1]}, n_gpu_layers={args.gpu_layers})", ""]
+    common = {"max_sequences": 8, "cache_size": 8 * 2048, "gpus": [args.gpu_gb], "flash_attention": False}
+    lines = [f"## GPU engine check ({args.model.rsplit('/', 1)[-1]}, gpus=[{args.gpu_gb:g}])", ""]
     plain = LlamaCppEngine(args.model, **common)
     try:
+        lines.append(f"- placement: {plain.facts().placement}")
         await run(plain, chat(plain, "Hi"), 8)  # warm-up
         same, total = await invariance(plain, args.max_tokens)
         lines.append(f"- greedy output alone = beside 3 others: {same}/{total} prompts ({args.max_tokens} tokens)")
-        for streams in (1, 8):
-            rate = await decode_rate(plain, streams, args.max_tokens)
-            lines.append(f"- {streams} stream{'s' if streams > 1 else ''}: {rate:.0f} tokens/s in all")
+        llm = llama_cpp.Llama(model_path=args.model, n_gpu_layers=-1, n_ctx=4096, flash_attn=False, verbose=False)
+        try:
+            ours, theirs = await against_raw(plain, llm, args.rounds, args.max_tokens)
+        finally:
+            llm.close()
+        lines.append(
+            f"- 1 stream: {statistics.median(ours):.0f} tokens/s, `Llama.generate` {statistics.median(theirs):.0f} "
+            f"(ratio {statistics.median(ours) / statistics.median(theirs):.3f}; per round "
+            f"{', '.join(f'{r:.0f}' for r in ours)} vs {', '.join(f'{r:.0f}' for r in theirs)})"
+        )
+        # The first time, llama.cpp captures a CUDA graph for each batch shape it meets while streams join.
+        first, again = await decode_rate(plain, 8, args.max_tokens), await decode_rate(plain, 8, args.max_tokens)
+        lines.append(f"- 8 streams: {again:.0f} tokens/s in all ({first:.0f} the first time, graphs captured)")
         base_tokens, base_first, base_end, _ = await run(plain, chat(plain, REWRITE), args.max_tokens)
     finally:
         plain.close()
