@@ -102,7 +102,7 @@ async def run(args) -> None:
                             payload = common.chat_payload(prompt, args.max_tokens, banned)
                             before = thread_cpu(server.process.pid)
                             result = await common.stream_chat(client, server.base_url, payload)
-                            add_cpu(cpu, before, thread_cpu(server.process.pid), server.process.pid)
+                            add_cpu(cpu, before, thread_cpu(server.process.pid))
                             if result.error or result.tokens != args.max_tokens:
                                 raise RuntimeError(f"gallama: {result.error or result.tokens} ({result.finish_reason})")
                         else:
@@ -132,16 +132,15 @@ def thread_cpu(root: int) -> dict[tuple[int, int], float]:
     return found
 
 
-def add_cpu(cpu: dict[str, float], before: dict, after: dict, front: int) -> None:
-    """Splits gallama's CPU time: the front process, each worker's main (event loop) thread, the rest (engine + compute)."""
+def add_cpu(cpu: dict[str, float], before: dict, after: dict) -> None:
+    """Splits gallama's CPU time: each process's main thread (its event loop: HTTP, routing, template, SSE; one
+    process serves a one-model server), and the other threads (the engine's and llama.cpp's compute threads)."""
     for (pid, tid), seconds in after.items():
         spent = seconds - before.get((pid, tid), 0.0)
-        if pid == front:
-            cpu["gallama front process (HTTP, proxy)"] += spent
-        elif tid == pid:
-            cpu["gallama worker event loop thread (HTTP, template, SSE)"] += spent
+        if tid == pid:
+            cpu["gallama event loop threads (HTTP, routing, template, SSE)"] += spent
         else:
-            cpu["gallama worker engine and llama.cpp compute threads"] += spent
+            cpu["gallama engine and llama.cpp compute threads"] += spent
 
 
 def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: list[int], busy: list[float], cpu: dict[str, float]) -> None:

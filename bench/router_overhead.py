@@ -28,7 +28,8 @@ STREAMS = 8
 
 def gallama_front(name: str, *ids: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "gallama", "serve", "--port", str(port), "--log-level", "warning"]
+    # Worker processes: what is measured is the front's hop to a worker, which a one-model server does not make.
+    command = [sys.executable, "-m", "gallama", "serve", "--port", str(port), "--log-level", "warning", "--worker-processes"]
     for spec in ids:
         command += ["-id", spec]
     return Server(name, command, port)

@@ -93,9 +93,11 @@ def serve(
     shutdown_grace: Annotated[float, typer.Option(help="On SIGTERM, seconds the requests in flight get to finish before they end with an error.")] = 5.0,
     strict_model_names: Annotated[bool, typer.Option("--strict-model-names", envvar="GALLAMA_STRICT_MODEL_NAMES", help="A request for a model that is not served gets a 404; by default it goes to the first model of the kind its endpoint needs.")] = False,
     responses_store: Annotated[Optional[Path], typer.Option(help="A SQLite file that keeps /v1/responses' stored responses across restarts; default: a temporary one, deleted at shutdown.")] = None,
+    worker_processes: Annotated[bool, typer.Option("--worker-processes", help="Run every model instance in a worker process of its own, restarted if it dies; by default the first one runs in the server's own process (less memory, faster first tokens), and a crash of its engine ends the server.")] = False,
     ray: Annotated[Optional[str], typer.Option("--ray", envvar="GALLAMA_RAY", help="Place every model instance on this Ray cluster as an actor ('auto': the cluster `ray start` joined this machine to; or HOST:PORT); default: model_config.yaml's 'ray:', else local worker processes. Needs gallama[ray].")] = None,
 ) -> None:
-    """Serve models over an OpenAI-compatible HTTP API, one worker process per model instance.
+    """Serve models over an OpenAI-compatible HTTP API: the first model instance in this process, the others
+    in worker processes of their own (all of them with --worker-processes; on Ray nodes with --ray).
 
     The flags are defaults for every model; a spec's own keys, then its model_config.yaml entry, win over them.
     """
@@ -123,7 +125,7 @@ def serve(
     store_path = str(responses_store) if responses_store else ResponsesStore.temporary_path()
     store = ResponsesStore(store_path)
     pool = ModelPool(log_level="debug" if log_level == "debug" else "warning", strict_model_names=strict_model_names,
-                     responses_store=store_path, cluster=cluster)
+                     responses_store=store_path, cluster=cluster, in_process=not worker_processes)
     guard = GuardSettings(api_keys=_split_keys(api_key), admin_keys=_split_keys(admin_key),
                           max_body_bytes=int(max_body_mb * 1024 * 1024))
     front = create_front(pool, defaults, guard=guard, cors_origins=cors_origin, responses_store=store)

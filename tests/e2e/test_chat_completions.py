@@ -212,17 +212,17 @@ def test_sse_framing(http):
         json.loads(event[len("data: "):])
 
 
-def test_streams_go_from_the_worker_to_the_client(http, client):
-    """The front hands a stream's connection to the worker (gallama.server.handover): the worker's
-    response closes the connection, which is the front's; other responses keep it alive."""
+def test_a_one_model_server_runs_its_model_in_its_own_process(server, http, client):
+    """No worker process between the client and the engine (router.local_instance): the instance's pid is
+    the server's, and a stream comes on the client's keep-alive connection like any response."""
+    model = next(m for m in http.get("/health").json()["models"] if m["id"] == DEFAULT_MODEL)
+    assert [instance["pid"] for instance in model["instances"]] == [server.process.pid]
     body = {"model": DEFAULT_MODEL, "messages": HELLO, "max_tokens": 4, "stream": True, "temperature": 0}
-    with http.stream("POST", "/v1/chat/completions", json=body, headers={"x-request-id": "handover-1"}) as response:
+    with http.stream("POST", "/v1/chat/completions", json=body, headers={"x-request-id": "local-1"}) as response:
         raw = response.read().decode()
-    assert response.headers["connection"] == "close" and response.headers["x-request-id"] == "handover-1"
+    assert response.headers["x-request-id"] == "local-1" and "connection" not in response.headers
     assert raw.endswith("data: [DONE]\n\n")
     plain = http.post("/v1/chat/completions", json={**body, "stream": False})
-    assert plain.status_code == 200 and "connection" not in plain.headers
-    # The same request streamed and not give the same greedy text, on the connections that follow.
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**body))
     assert streamed == plain.json()["choices"][0]["message"]["content"]
 

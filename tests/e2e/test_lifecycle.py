@@ -1,5 +1,5 @@
-"""Request timeouts (a model added to the shared server), graceful shutdown on SIGTERM and a worker killed
-mid-stream (a server of its own)."""
+"""Request timeouts (a model added to the shared server), graceful shutdown on SIGTERM (the model in the
+server's process or in a worker's), a worker's streams and a worker killed mid-stream (servers of their own)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,21 @@ def timed(server, http):
     http.post("/remove_model", json={"model": TIMED_MODEL})
 
 
-@pytest.fixture
-def stoppable(tmp_path_factory):
+@pytest.fixture(params=["in-process", "worker-processes"])
+def stoppable(tmp_path_factory, request):
+    """A server of its own, to stop: its model in the server's process (the default) or in a worker process."""
+    workers = ("--worker-processes",) if request.param == "worker-processes" else ()
     server = start_server(str(tmp_path_factory.mktemp("shutdown")), "-id", f"model_id={DEFAULT_MODEL}",
-                          "--max-sequences", "2", "--request-timeout", "60", "--shutdown-grace", "1")
+                          "--max-sequences", "2", "--request-timeout", "60", "--shutdown-grace", "1", *workers)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+
+
+@pytest.fixture
+def with_worker(tmp_path_factory):
+    server = start_server(str(tmp_path_factory.mktemp("worker")), "-id", f"model_id={DEFAULT_MODEL}",
+                          "--max-sequences", "2", "--worker-processes")
     yield server
     if server.process.poll() is None:
         server.process.kill()
@@ -108,6 +119,41 @@ def test_sigterm_ends_a_busy_stream_and_exits_zero(stoppable):
         httpx.get(f"{stoppable.base_url}/health", timeout=2)
 
 
+def test_streams_go_from_the_worker_to_the_client(with_worker):
+    """The front hands a stream's connection to the worker (gallama.server.handover): the worker's
+    response closes the connection, which is the front's; other responses keep it alive."""
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
+            "stream": True, "temperature": 0}
+    with httpx.Client(base_url=with_worker.base_url, timeout=60) as http:
+        worker = http.get("/health").json()["models"][0]["instances"][0]["pid"]
+        assert worker != with_worker.process.pid
+        with http.stream("POST", "/v1/chat/completions", json=body, headers={"x-request-id": "handover-1"}) as response:
+            raw = response.read().decode()
+        assert response.headers["connection"] == "close" and response.headers["x-request-id"] == "handover-1"
+        assert raw.endswith("data: [DONE]\n\n")
+        plain = http.post("/v1/chat/completions", json={**body, "stream": False})
+    assert plain.status_code == 200 and "connection" not in plain.headers
+    # The same request streamed and not give the same greedy text, on the connections that follow.
+    client = openai.OpenAI(base_url=with_worker.api_url, api_key="unused")
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**body))
+    assert streamed == plain.json()["choices"][0]["message"]["content"]
+
+
+def test_the_in_process_model_is_removed_and_added_back(stoppable):
+    """/remove_model unloads the model the server runs in its own process; /add_model loads one there again."""
+    with httpx.Client(base_url=stoppable.base_url, timeout=120) as http:
+        instance = http.get("/health").json()["models"][0]["instances"][0]
+        in_process = instance["pid"] == stoppable.process.pid
+        assert in_process == (stoppable.process.args.count("--worker-processes") == 0)
+        assert http.post("/remove_model", json={"model": DEFAULT_MODEL}).status_code == 200
+        assert http.get("/v1/models").json()["data"] == []
+        assert http.post("/add_model", json={"model_id": DEFAULT_MODEL, "max_sequences": 1}).status_code == 200
+        instance = http.get("/health").json()["models"][0]["instances"][0]
+        assert (instance["pid"] == stoppable.process.pid) == in_process
+        answer = http.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": "Hi", "max_tokens": 2})
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
+
+
 # At least 300 numbers: the grammar keeps the model from ending early, so the stream outlasts the kill.
 NUMBERS = {"type": "json_schema", "name": "numbers", "strict": True, "schema": {
     "type": "object", "properties": {"numbers": {"type": "array", "items": {"type": "integer"}, "minItems": 300}},
@@ -115,11 +161,11 @@ NUMBERS = {"type": "json_schema", "name": "numbers", "strict": True, "schema": {
 
 
 @pytest.mark.parametrize("handed_over", [True, False], ids=["handed-over", "relayed"])
-def test_a_worker_killed_mid_responses_stream_ends_it_with_response_failed(stoppable, handed_over):
+def test_a_worker_killed_mid_responses_stream_ends_it_with_response_failed(with_worker, handed_over):
     # A request with an Origin is relayed by the front (CORS may need to add headers); others are handed over.
-    client = openai.OpenAI(base_url=stoppable.api_url, api_key="unused", max_retries=0,
+    client = openai.OpenAI(base_url=with_worker.api_url, api_key="unused", max_retries=0,
                            default_headers={} if handed_over else {"Origin": "http://localhost"})
-    worker = httpx.get(f"{stoppable.base_url}/health").json()["models"][0]["instances"][0]["pid"]
+    worker = httpx.get(f"{with_worker.base_url}/health").json()["models"][0]["instances"][0]["pid"]
     events = []
     with client.responses.stream(model=DEFAULT_MODEL, input="List numbers.", text={"format": NUMBERS},
                                  max_output_tokens=1500, temperature=0, store=False) as stream:

@@ -20,6 +20,7 @@ from gallama.config import ModelSpec, SpecError, load_config, resolve, spec_from
 from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound, ResponseNotFound
 from gallama.protocol.requests import StrictModel
 from gallama.router.handover import wants_handover
+from gallama.router.local_instance import LocalInstance
 from gallama.router.pool import ModelPool
 from gallama.router.proxy import forward
 from gallama.router.worker_metrics import scrape_workers
@@ -104,6 +105,8 @@ def create_front(
                 # The worker answers for its own name: the response's `model` says who answered.
                 request.scope[MODEL_FALLBACK] = (model, instance.spec.model_name)
                 body = json.dumps({**payload, "model": instance.spec.model_name}).encode()
+        if isinstance(instance, LocalInstance):
+            return instance.answer(body)
         return await forward(client, instance, request, body, handover=wants_handover(request, payload))
 
     # Plain Starlette routes: FastAPI's per-request dependency and validation machinery is pure overhead here.

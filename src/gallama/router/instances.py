@@ -39,8 +39,8 @@ def describe_load(instance: "Instance") -> str:
     threads = spec.threads or os.cpu_count()
     where = f"{facts.get('placement', 'CPU')}, {threads} thread{'s' if threads > 1 else ''}"
     return (
-        f"loaded {spec.model_name} #{instance.index} from {spec.model_id} in worker pid {facts.get('pid')} on "
-        f"{instance.location} ({where}): {', '.join(parts)}, {facts['load_s']:.1f}s"
+        f"loaded {spec.model_name} #{instance.index} from {spec.model_id} in {instance.runs_in} "
+        f"({where}): {', '.join(parts)}, {facts['load_s']:.1f}s"
     )
 
 
@@ -92,6 +92,11 @@ class Instance:
     def location(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def runs_in(self) -> str:
+        """Where the instance runs, in words."""
+        return f"worker pid {self.facts.get('pid')} on {self.location}"
+
     async def start(self) -> None:
         """Starts the worker and returns once its model serves; raises WorkerFailed with its reason."""
         raise NotImplementedError
@@ -132,12 +137,16 @@ class Instance:
                 except httpx.HTTPError:
                     pass
 
+    def http(self, front_client: httpx.AsyncClient) -> httpx.AsyncClient:
+        """The client that reaches the worker's routes: the front's own, for a worker process."""
+        return front_client
+
     async def health(self, client: httpx.AsyncClient) -> dict:
         """The worker's running and queued sequences (zeros when it does not answer)."""
         if self.status != "ready":
             return {"running": 0, "queued": 0}
         try:
-            response = await client.get(f"{self.base_url}/health", headers=self.headers, timeout=2)
+            response = await self.http(client).get(f"{self.base_url}/health", headers=self.headers, timeout=2)
             model = response.json()["models"][0]
             return {"running": model["running"], "queued": model["queued"]}
         except (httpx.HTTPError, ValueError, KeyError, IndexError):

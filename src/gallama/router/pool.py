@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from gallama.config import ModelSpec
 from gallama.protocol.errors import APIError, InvalidRequest, ModelNotFound, ServiceUnavailable
 from gallama.router.instances import Instance, ModelGroup, WorkerFailed, WorkerInstance
+from gallama.router.local_instance import LocalInstance
 
 if TYPE_CHECKING:  # ray is an optional extra
     from gallama.router.ray_instances import RayCluster
@@ -35,8 +36,11 @@ EMBEDDING_HELP = (
 
 class ModelPool:
     def __init__(self, log_level: str = "warning", strict_model_names: bool = False, responses_store: str | None = None,
-                 cluster: RayCluster | None = None):
+                 cluster: RayCluster | None = None, in_process: bool = False):
         self.groups: dict[str, ModelGroup] = {}
+        # One instance at a time may run in the front's own process (router.local_instance); the rest in workers.
+        self.in_process = in_process and cluster is None
+        self._local: LocalInstance | None = None
         self.log_level = log_level
         self.responses_store = responses_store  # the SQLite file every worker keeps /v1/responses in
         self.cluster = cluster  # serve --ray: every instance is a Ray actor's worker
@@ -107,6 +111,9 @@ class ModelPool:
     def _instance(self, spec: ModelSpec, index: int) -> Instance:
         if self.cluster is not None:
             return self.cluster.instance(spec, index, self.log_level, self.responses_store)
+        if self.in_process and (self._local is None or self._local.status == "stopped"):
+            self._local = LocalInstance(spec, index, self.responses_store)
+            return self._local
         return WorkerInstance(spec, index, self.log_level, self.responses_store)
 
     async def remove(self, name: str) -> None:

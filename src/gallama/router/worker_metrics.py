@@ -25,7 +25,7 @@ class _Families:
 
 async def _scrape(client: httpx.AsyncClient, instance: Instance) -> str:
     try:
-        response = await client.get(f"{instance.base_url}/metrics", headers=instance.headers, timeout=2)
+        response = await instance.http(client).get(f"{instance.base_url}/metrics", headers=instance.headers, timeout=2)
     except httpx.HTTPError:
         return ""  # a worker that is restarting shows up at the next scrape
     return response.text if response.status_code == 200 else ""
