@@ -1,7 +1,7 @@
 """A model instance served inside the front's own process: no worker process, no hop to it.
 
 A server of one model needs no process between its clients and its engine: llama-server is one
-process too. Measured (docs/benchmarks.md, issue 24), the second Python process cost ~70 MB of
+process too. Measured (docs/benchmarks.md, issue 24), the second Python process cost 60-70 MB of
 memory and 4-5 ms of each request's time to first token. What it gave, and this instance does
 not: a crash of the engine ends the server (a worker's is restarted), and removing the model
 frees what the engine held but not the chat core the process imported. `serve --worker-processes`

@@ -39,7 +39,7 @@ class ModelPool:
                  cluster: RayCluster | None = None, in_process: bool = False):
         self.groups: dict[str, ModelGroup] = {}
         # One instance at a time may run in the front's own process (router.local_instance); the rest in workers.
-        self.in_process = in_process and cluster is None
+        self.in_process = in_process
         self._local: LocalInstance | None = None
         self.log_level = log_level
         self.responses_store = responses_store  # the SQLite file every worker keeps /v1/responses in
