@@ -105,6 +105,22 @@ def test_a_step_writes_each_row_into_its_slot_and_reads_the_rows_slots():
     assert gathered[1, 0, :6, 0].tolist() == [2.0] * 5 + [9.0]
 
 
+def test_a_step_moves_its_rows_slots_and_positions_to_a_device_once():
+    """Every layer indexes its buffers with them: one copy a step per device, not two per layer for
+    keys and two for values (a copy from host memory to a GPU waits for the GPU)."""
+    kv_slots = _slot_cache()
+    import torch
+
+    meta = torch.device("meta")  # a device of its own, where each copy is a new tensor
+    cache = kv_slots.SlotCache(num_layers=3, slots=4, max_length=16)
+    step = cache.plan([0, 2], [1, 3], 1)
+    slots, starts = step.on(meta)
+    for layer in cache.layers:
+        keys, _ = layer.update(torch.zeros(2, 1, 1, 2, device=meta), torch.zeros(2, 1, 1, 2, device=meta))
+        assert keys.shape == (2, 1, 4, 2)
+    assert slots.device == meta and step.on(meta)[0] is slots and step.on(meta)[1] is starts
+
+
 def test_a_buffer_grows_with_the_longest_sequence_and_keeps_what_it_held():
     kv_slots = _slot_cache()
     import torch

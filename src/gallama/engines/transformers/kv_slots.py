@@ -11,7 +11,7 @@ occupant of the slot left there (zeros at first: never NaN, which a masked produ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,15 @@ class StepPlan:
     starts: torch.Tensor  # the position of each row's first new token
     new_tokens: int  # tokens each row adds in this pass
     contiguous: bool  # the slots are consecutive and ascending, so a row range is a view
+    _placed: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`slots` and `starts` on `device`, copied there once a step: every layer's keys and values
+        index with them, and a copy from host memory to a GPU waits for the GPU's queued work."""
+        placed = self._placed.get(device)
+        if placed is None:
+            placed = self._placed[device] = (self.slots.to(device), self.starts.to(device))
+        return placed
 
     @property
     def width(self) -> int:
@@ -111,7 +120,8 @@ class _SlotLayer(CacheLayerMixin):
 
 def _write(buffer: torch.Tensor, new: torch.Tensor, step: StepPlan) -> None:
     if step.new_tokens == 1:
-        buffer[step.slots.to(buffer.device), :, step.starts.to(buffer.device)] = new[:, :, 0]
+        slots, starts = step.on(buffer.device)
+        buffer[slots, :, starts] = new[:, :, 0]
     else:
         start = int(step.starts[0])
         buffer[int(step.slots[0]), :, start : start + step.new_tokens] = new[0]
@@ -121,7 +131,7 @@ def _read(buffer: torch.Tensor, step: StepPlan) -> torch.Tensor:
     if step.contiguous:
         first = int(step.slots[0])
         return buffer[first : first + len(step.slots), :, : step.width]
-    return buffer[step.slots.to(buffer.device), :, : step.width]
+    return buffer[step.on(buffer.device)[0], :, : step.width]
 
 
 def attention_mask(step: StepPlan, config: Any, dtype: torch.dtype,
