@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gallama.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from gallama.engines.llama_cpp.engine import LlamaCppEngine  # noqa: E402
 import llama_cpp  # noqa: E402,I001
+from alternated import alternated, comparison  # noqa: E402 (bench/ is not a package)
 
 TEXT = ("My sister loves to travel. Every summer she visits a new country, learns a few words of its "
         "language and sends us postcards. Last year she went to Portugal and stayed in a small town by the sea.")
@@ -76,22 +76,6 @@ def raw_rate(llm, tokens: list[int], max_tokens: int) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-async def against_raw(engine: LlamaCppEngine, llm, rounds: int, max_tokens: int) -> tuple[list[float], list[float]]:
-    """Single-stream decode rates of the engine and of `Llama.generate`, rounds alternated (order swapped each)."""
-    tokens = chat(engine, PROMPTS[0])
-    ours, theirs = [], []
-    for n in range(rounds + 1):  # the first round warms both up
-        for side in (("ours", "raw") if n % 2 else ("raw", "ours")):
-            if side == "ours":
-                tokens_out, first, end, _ = await run(engine, tokens, max_tokens, ban_end=True)
-                rate = (len(tokens_out) - 1) / (end - first)
-            else:
-                rate = raw_rate(llm, tokens, max_tokens)
-            if n:
-                (ours if side == "ours" else theirs).append(rate)
-    return ours, theirs
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -108,15 +92,17 @@ async def main() -> None:
         same, total = await invariance(plain, args.max_tokens)
         lines.append(f"- greedy output alone = beside 3 others: {same}/{total} prompts ({args.max_tokens} tokens)")
         llm = llama_cpp.Llama(model_path=args.model, n_gpu_layers=-1, n_ctx=4096, flash_attn=False, verbose=False)
+        tokens = chat(plain, PROMPTS[0])
+
+        async def ours() -> float:
+            out, first, end, _ = await run(plain, tokens, args.max_tokens, ban_end=True)
+            return (len(out) - 1) / (end - first)
+
         try:
-            ours, theirs = await against_raw(plain, llm, args.rounds, args.max_tokens)
+            rates = await alternated(args.rounds, ours, lambda: raw_rate(llm, tokens, args.max_tokens))
         finally:
             llm.close()
-        lines.append(
-            f"- 1 stream: {statistics.median(ours):.0f} tokens/s, `Llama.generate` {statistics.median(theirs):.0f} "
-            f"(ratio {statistics.median(ours) / statistics.median(theirs):.3f}; per round "
-            f"{', '.join(f'{r:.0f}' for r in ours)} vs {', '.join(f'{r:.0f}' for r in theirs)})"
-        )
+        lines.append(comparison("`Llama.generate`", *rates))
         # The first time, llama.cpp captures a CUDA graph for each batch shape it meets while streams join.
         first, again = await decode_rate(plain, 8, args.max_tokens), await decode_rate(plain, 8, args.max_tokens)
         lines.append(f"- 8 streams: {again:.0f} tokens/s in all ({first:.0f} the first time, graphs captured)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gallama.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from gallama.engines.transformers.engine import TransformersEngine  # noqa: E402
+from alternated import alternated, comparison  # noqa: E402 (bench/ is not a package)
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -86,26 +86,17 @@ async def main() -> None:
         equal = sum(a == t for a, t in zip(alone, together))
         lines.append(f"- greedy output alone vs beside 3 others: {lengths}/{len(prompts)} full length, "
                      f"{equal}/{len(prompts)} equal ({args.max_tokens} tokens)")
-        ours, theirs = [], []
-        for n in range(args.rounds + 1):  # the first round warms both up
-            for side in (("ours", "generate") if n % 2 else ("generate", "ours")):
-                if side == "ours":
-                    tokens, first, last = await run(engine, prompts[0], args.max_tokens)
-                    rate = (len(tokens) - 1) / (last - first)
-                else:
-                    rate = generate_rate(engine._model, prompts[0], args.max_tokens)
-                if n:
-                    (ours if side == "ours" else theirs).append(rate)
-        lines.append(
-            f"- 1 stream: {statistics.median(ours):.0f} tokens/s, `generate` {statistics.median(theirs):.0f} "
-            f"(ratio {statistics.median(ours) / statistics.median(theirs):.3f}; per round "
-            f"{', '.join(f'{r:.0f}' for r in ours)} vs {', '.join(f'{r:.0f}' for r in theirs)})"
-        )
-        for streams in (8,):
-            results = await asyncio.gather(*(run(engine, chat(engine, f"{n}: {PROMPTS[n % 4]}"), args.max_tokens)
-                                             for n in range(streams)))
-            wall = max(r[2] for r in results) - min(r[1] for r in results)
-            lines.append(f"- {streams} streams: {sum(len(r[0]) - 1 for r in results) / wall:.0f} tokens/s in all")
+
+        async def ours() -> float:
+            tokens, first, last = await run(engine, prompts[0], args.max_tokens)
+            return (len(tokens) - 1) / (last - first)
+
+        rates = await alternated(args.rounds, ours, lambda: generate_rate(engine._model, prompts[0], args.max_tokens))
+        lines.append(comparison("`generate`", *rates))
+        results = await asyncio.gather(*(run(engine, chat(engine, f"{n}: {PROMPTS[n % 4]}"), args.max_tokens)
+                                         for n in range(8)))
+        wall = max(r[2] for r in results) - min(r[1] for r in results)
+        lines.append(f"- 8 streams: {sum(len(r[0]) - 1 for r in results) / wall:.0f} tokens/s in all")
     finally:
         engine.close()
     print("\n".join(lines))

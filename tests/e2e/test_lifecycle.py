@@ -31,24 +31,25 @@ def timed(server, http):
     http.post("/remove_model", json={"model": TIMED_MODEL})
 
 
+def own_server(tmp_path_factory, *args: str):
+    """A server of the bundled model for one test, killed afterwards if it still runs."""
+    server = start_server(str(tmp_path_factory.mktemp("own")), "-id", f"model_id={DEFAULT_MODEL}",
+                          "--max-sequences", "2", *args)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+
+
 @pytest.fixture(params=["in-process", "worker-processes"])
 def stoppable(tmp_path_factory, request):
     """A server of its own, to stop: its model in the server's process (the default) or in a worker process."""
     workers = ("--worker-processes",) if request.param == "worker-processes" else ()
-    server = start_server(str(tmp_path_factory.mktemp("shutdown")), "-id", f"model_id={DEFAULT_MODEL}",
-                          "--max-sequences", "2", "--request-timeout", "60", "--shutdown-grace", "1", *workers)
-    yield server
-    if server.process.poll() is None:
-        server.process.kill()
+    yield from own_server(tmp_path_factory, "--request-timeout", "60", "--shutdown-grace", "1", *workers)
 
 
 @pytest.fixture
 def with_worker(tmp_path_factory):
-    server = start_server(str(tmp_path_factory.mktemp("worker")), "-id", f"model_id={DEFAULT_MODEL}",
-                          "--max-sequences", "2", "--worker-processes")
-    yield server
-    if server.process.poll() is None:
-        server.process.kill()
+    yield from own_server(tmp_path_factory, "--worker-processes")
 
 
 def sse_events(response: httpx.Response) -> list:
