@@ -10,7 +10,9 @@ Reports: where the engine placed the model and its dtype, whether greedy output 
 length alone and beside other requests (bf16 kernels may pick other reductions for one row than
 for several, so equality is counted, not required), single-stream decode tokens/s against
 `model.generate` on the same device and dtype (rounds alternated, medians), and 8-stream decode
-tokens/s. With --gpu-gb 0 it runs on the CPU (fp32), to check the script. Prints a markdown section.
+tokens/s. With --gpu-gb 0 it runs on the CPU (fp32), to check the script. Prints a markdown section;
+with --profile, then torch profiler tables of the engine's decode steps and of `generate` (where a
+step's time goes: launches, copies, waits on the GPU).
 """
 
 from __future__ import annotations
@@ -66,12 +68,51 @@ def generate_rate(model, tokens: list[int], max_tokens: int) -> float:
     return (max_tokens - 1) / (timings[max_tokens] - timings[1])
 
 
+def profiled_steps(engine: TransformersEngine, steps: int):
+    """Profiles `steps` steps on the engine's own thread (torch's profiler sees the thread that starts
+    it), after the next one (a prompt's prefill); returns the profiler, ready once those steps ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine._device.type == "cuda" else [])
+    profiler, step, count = profile(activities=activities), engine._step, 0
+
+    def step_under_profiler(members):
+        nonlocal count
+        if count == 1:
+            profiler.__enter__()
+        step(members)
+        count += 1
+        if count == steps + 1:
+            profiler.__exit__(None, None, None)
+            engine._step = step
+
+    engine._step = step_under_profiler
+    return profiler
+
+
+def table(profiler, title: str) -> str:
+    return f"### {title}\n" + profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+
+
+async def profile_both(engine: TransformersEngine, tokens: list[int], steps: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    ours = profiled_steps(engine, steps)
+    await run(engine, tokens, steps + 8)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine._device.type == "cuda" else [])
+    with profile(activities=activities) as theirs:
+        generate_rate(engine._model, tokens, steps)
+    return "\n".join([table(ours, f"engine, {steps} steps"), table(theirs, f"generate, 1 + {steps} tokens")])
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a GGUF file or a Hugging Face model folder")
     parser.add_argument("--gpu-gb", type=float, default=80.0, help="GB of the first GPU (gpus=); 0: the CPU")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="then profile this many single-stream decode steps of both")
     args = parser.parse_args()
     engine = TransformersEngine(args.model, max_sequences=8, gpus=[args.gpu_gb] if args.gpu_gb else None)
     facts = engine.facts()
@@ -97,6 +138,8 @@ async def main() -> None:
                                          for n in range(8)))
         wall = max(r[2] for r in results) - min(r[1] for r in results)
         lines.append(f"- 8 streams: {sum(len(r[0]) - 1 for r in results) / wall:.0f} tokens/s in all")
+        if args.profile:
+            lines.append(await profile_both(engine, prompts[1], args.profile))
     finally:
         engine.close()
     print("\n".join(lines))

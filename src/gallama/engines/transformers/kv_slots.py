@@ -26,6 +26,7 @@ class StepPlan:
     starts: torch.Tensor  # the position of each row's first new token
     new_tokens: int  # tokens each row adds in this pass
     contiguous: bool  # the slots are consecutive and ascending, so a row range is a view
+    width: int  # the attention's key length: up to the furthest row's last new token
     _placed: dict = field(default_factory=dict, compare=False, repr=False)
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,11 +36,6 @@ class StepPlan:
         if placed is None:
             placed = self._placed[device] = (self.slots.to(device), self.starts.to(device))
         return placed
-
-    @property
-    def width(self) -> int:
-        """The attention's key length: up to the furthest row's last new token."""
-        return int(self.starts.max()) + self.new_tokens
 
 
 class SlotCache(Cache):
@@ -54,7 +50,8 @@ class SlotCache(Cache):
         if new_tokens > 1 and len(slots) > 1:
             raise ValueError("several new tokens per row: one row at a time")
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-        self.step = StepPlan(torch.tensor(slots), torch.tensor(starts), new_tokens, contiguous)
+        # the width once a step: every layer asks for it several times
+        self.step = StepPlan(torch.tensor(slots), torch.tensor(starts), new_tokens, contiguous, max(starts) + new_tokens)
         return self.step
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
