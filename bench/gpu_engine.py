@@ -7,7 +7,7 @@ numpy are installed, as on a lent GPU machine:
 
 Reports: whether greedy output is the same alone and beside other requests (prompts past 512
 tokens included), single-stream decode tokens/s against llama-cpp-python's own `Llama.generate` on
-the same GPU (rounds alternated, medians), 8-stream decode tokens/s, and n-gram speculation's
+the same GPU (rounds alternated, medians), 8-stream decode tokens/s (also with `unified_kv`), and n-gram speculation's
 speed-up on a rewrite (greedy, as llama.cpp's own verify batch makes it) with how many outputs equal
 the plain ones. Prints a markdown section to paste into docs/benchmarks.md.
 """
@@ -109,6 +109,15 @@ async def main() -> None:
         base_tokens, base_first, base_end, _ = await run(plain, chat(plain, REWRITE), args.max_tokens)
     finally:
         plain.close()
+    # The same 8 prompts again find their conversations in idle slots: a unified cache must not save them
+    # to host memory first (its interleaved cells took seconds a save: prompt_cache.default_prompt_cache_mb).
+    unified = LlamaCppEngine(args.model, unified_kv=True, **common)
+    try:
+        await run(unified, chat(unified, "Hi"), 8)
+        first, again = await decode_rate(unified, 8, args.max_tokens), await decode_rate(unified, 8, args.max_tokens)
+        lines.append(f"- 8 streams, unified_kv: {first:.0f} tokens/s, the same prompts again {again:.0f}")
+    finally:
+        unified.close()
     drafted = LlamaCppEngine(args.model, draft_mode="ngram", **common)
     try:
         await run(drafted, chat(drafted, "Hi"), 8)

@@ -81,7 +81,7 @@ def serve(
     cache_size: Annotated[Optional[int], typer.Option(help="KV cache tokens in all; each parallel sequence gets an equal share unless --unified-kv.")] = None,
     unified_kv: Annotated[Optional[bool], typer.Option("--unified-kv", help="One KV pool for all sequences: longer contexts, but greedy output may vary with the batch.")] = None,
     max_sequences: Annotated[Optional[int], typer.Option(help="Sequences decoded together in one batch (default 8).")] = None,
-    prompt_cache_mb: Annotated[Optional[float], typer.Option(help="MiB of RAM for the KV caches of conversations that lost their slot to others, restored when they go on (default 1024; 0: none).")] = None,
+    prompt_cache_mb: Annotated[Optional[float], typer.Option(help="MiB of RAM for the KV caches of conversations that lost their slot to others, restored when they go on (default 1024, none with --unified-kv on a GPU, where saving one is slow; 0: none).")] = None,
     cache_quant: Annotated[Optional[str], typer.Option(help="KV cache type: FP16, Q8, Q6, Q4.")] = None,
     chat_template: Annotated[Optional[Path], typer.Option(help="A Jinja chat template file to use instead of the model's.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",

@@ -36,8 +36,10 @@ async def collect(stream):
     return [event async for event in stream]
 
 
+@pytest.mark.parametrize("by_stream", [False, True], ids=["saved-state-copy", "stream-copy"])
 @pytest.mark.parametrize("draft", [None, PATH], ids=["plain", "draft-model"])
-async def test_copied_prefix_gives_the_same_output_as_reuse_in_place(draft):
+async def test_copied_prefix_gives_the_same_output_as_reuse_in_place(draft, by_stream):
+    """Both ways of copying (setup.copy_sequence): a saved state's cells on the CPU, the whole stream on a GPU."""
     first, follow_up = SHARED, SHARED + " He opened it and read the letter inside:"
     in_place = LlamaCppEngine(PATH, max_sequences=4, cache_size=4 * 1024, draft_model_path=draft)
     try:
@@ -47,6 +49,10 @@ async def test_copied_prefix_gives_the_same_output_as_reuse_in_place(draft):
         in_place.close()
 
     engine = LlamaCppEngine(PATH, max_sequences=4, cache_size=4 * 1024, draft_model_path=draft)
+    assert engine._copies_by_stream is False  # the CPU's way, unless the test asks for the GPU's
+    engine._copies_by_stream = by_stream
+    if engine._draft_model is not None:
+        engine._draft_model._copies_by_stream = by_stream
     try:
         await collect(engine.generate(request(engine, first, 4)))  # slot 0 holds the shared prefix
         # Two unrelated streams take slots 1 and 2; the one in slot 1 is then cancelled, leaving

@@ -6,7 +6,7 @@ import pytest
 
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
 from gallama.engines.llama_cpp.setup import (
-    LlamaCppRefused, describe_kv, flash_attention_for, load_model, model_size, new_context,
+    LlamaCppRefused, copies_by_stream, describe_kv, flash_attention_for, load_model, model_size, new_context,
 )
 
 PATH = str(locate(DEFAULT_CHAT_MODEL))
@@ -60,3 +60,9 @@ def test_model_size_reads_the_shape_from_the_header():
     # SmolLM2-135M: 3 KV heads of 64 values, K and V, 2 bytes each, per layer and token.
     assert size.kv_bytes == 4096 * 30 * 3 * 64 * 2 * 2
     assert model_size(PATH, 4096, "Q8", "FP16").kv_bytes < size.kv_bytes
+
+
+def test_a_prefix_is_copied_through_a_saved_state_only_across_streams_on_the_cpu():
+    assert not copies_by_stream(unified_kv=False, on_gpu=False)
+    assert copies_by_stream(unified_kv=True, on_gpu=False)
+    assert copies_by_stream(unified_kv=False, on_gpu=True)

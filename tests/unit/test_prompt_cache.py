@@ -1,6 +1,6 @@
 """The host-memory cache of conversations that lost their slot: what it keeps, finds and drops."""
 
-from gallama.engines.llama_cpp.prompt_cache import PromptCache
+from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache, default_prompt_cache_mb
 
 
 def state(size):
@@ -78,3 +78,10 @@ def test_a_cache_of_no_size_saves_nothing():
     cache = PromptCache(capacity_bytes=0)
     cache.add([1], save)
     assert len(cache) == 0
+
+
+def test_no_saved_conversations_by_default_where_saving_one_takes_seconds():
+    assert default_prompt_cache_mb(unified_kv=False, on_gpu=False) == DEFAULT_PROMPT_CACHE_MB
+    assert default_prompt_cache_mb(unified_kv=True, on_gpu=False) == DEFAULT_PROMPT_CACHE_MB
+    assert default_prompt_cache_mb(unified_kv=False, on_gpu=True) == DEFAULT_PROMPT_CACHE_MB
+    assert default_prompt_cache_mb(unified_kv=True, on_gpu=True) == 0

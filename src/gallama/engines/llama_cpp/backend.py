@@ -89,12 +89,11 @@ def quiet_llama_cpp() -> None:
 def load(spec: ModelSpec) -> LlamaCppEngine:
     quiet_llama_cpp()
     from gallama.engines.llama_cpp.engine import LlamaCppEngine
-    from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB
 
     return LlamaCppEngine(
         spec.model_id, cache_size=spec.cache_size, max_sequences=spec.max_sequences, n_threads=spec.threads,
         cache_quant=spec.cache_quant, cache_quant_v=spec.cache_quant_v, unified_kv=bool(spec.unified_kv),
-        prompt_cache_mb=DEFAULT_PROMPT_CACHE_MB if spec.prompt_cache_mb is None else spec.prompt_cache_mb,
+        prompt_cache_mb=spec.prompt_cache_mb,
         flash_attention=spec.flash_attention, gpus=spec.gpus,
         draft_mode=spec.draft_mode, num_draft_tokens=spec.num_draft_tokens or DEFAULT_DRAFT_TOKENS,
         draft_model_path=spec.draft_model_id, draft_cache_size=spec.draft_cache_size,

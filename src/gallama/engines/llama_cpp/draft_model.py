@@ -12,7 +12,7 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 
-from gallama.engines.llama_cpp.setup import copy_sequence, load_model, new_context, plan_gpus, token_pieces
+from gallama.engines.llama_cpp.setup import copies_by_stream, copy_sequence, load_model, new_context, plan_gpus, token_pieces
 from gallama.engines.prefix import common_prefix_length
 from gallama.engines.llama_cpp.batch import TokenBatch
 
@@ -65,6 +65,7 @@ class DraftModel:
             flash_attention=flash_attention, on_gpu=placement is not None,
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._copies_by_stream = copies_by_stream(unified_kv=False, on_gpu=placement is not None)
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
         self._batch = TokenBatch(n_batch)
         self._cached: dict[int, list[int]] = {}
@@ -77,7 +78,7 @@ class DraftModel:
     def copy(self, source: int, target: int, tokens: list[int]) -> None:
         """Gives `target` the cached prefix of `source` that matches `tokens` (what the main model copied)."""
         keep = common_prefix_length(self._cached.get(source, []), tokens)
-        copy_sequence(self._ctx, source, target, keep, unified_kv=False)
+        copy_sequence(self._ctx, source, target, keep, by_stream=self._copies_by_stream)
         self._cached[target] = tokens[:keep]
 
     def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:

@@ -31,9 +31,9 @@ from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.llama_cpp.batch import TokenBatch
 from gallama.engines.llama_cpp.draft_model import DraftModel
 from gallama.engines.llama_cpp.gpu_split import describe_placement
-from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache
+from gallama.engines.llama_cpp.prompt_cache import PromptCache, default_prompt_cache_mb
 from gallama.engines.llama_cpp.setup import (
-    copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus, save_sequence,
+    copies_by_stream, copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus, save_sequence,
     token_pieces,
 )
 from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
@@ -101,7 +101,7 @@ class LlamaCppEngine(EngineThread):
         draft_cache_size: int | None = None,
         draft_cache_quant: str | None = None,
         draft_gpus: list[float] | None = None,
-        prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB,
+        prompt_cache_mb: float | None = None,
     ):
         if n_batch < MIN_PROMPT_CHUNK:
             raise ValueError(f"n_batch must be at least {MIN_PROMPT_CHUNK}: prompts are fed in chunks of that many tokens")
@@ -146,6 +146,7 @@ class LlamaCppEngine(EngineThread):
         self.cache_size = llama_cpp.llama_n_ctx(self._ctx.ctx)
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
         self._unified_kv = unified_kv
+        self._copies_by_stream = copies_by_stream(unified_kv, self.placement is not None)
         self._batch = TokenBatch(n_batch)
         self._draft_model = None
         if draft_model_path:
@@ -156,6 +157,8 @@ class LlamaCppEngine(EngineThread):
             )
 
         self._slots = [_Slot(seq_id=i) for i in range(max_sequences)]
+        if prompt_cache_mb is None:
+            prompt_cache_mb = default_prompt_cache_mb(unified_kv, self.placement is not None)
         self._prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
         self._free_slots: deque[_Slot] = deque(self._slots)  # least recently used first
         self._start_thread(queue_size, model_path)
@@ -313,7 +316,7 @@ class LlamaCppEngine(EngineThread):
 
     def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
         """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""
-        copy_sequence(self._ctx, source.seq_id, target.seq_id, length, self._unified_kv)
+        copy_sequence(self._ctx, source.seq_id, target.seq_id, length, by_stream=self._copies_by_stream)
         target.cached = source.cached[:length]
         if self._draft_model is not None:
             self._draft_model.copy(source.seq_id, target.seq_id, target.cached)

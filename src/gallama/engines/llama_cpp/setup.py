@@ -215,15 +215,24 @@ def load_sequence(ctx: _internals.LlamaContext, state: ctypes.Array, seq_id: int
     llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx.ctx), seq_id, length, -1)
 
 
-def copy_sequence(ctx: _internals.LlamaContext, source: int, target: int, length: int, unified_kv: bool) -> None:
-    """Makes `target`'s cache the first `length` cached tokens of `source` (whose cache stays)."""
-    if unified_kv:
-        # One stream: the target is added to the source's cells, nothing is copied.
+def copy_sequence(ctx: _internals.LlamaContext, source: int, target: int, length: int, *, by_stream: bool) -> None:
+    """Makes `target`'s cache the first `length` cached tokens of `source` (whose cache stays).
+
+    `by_stream`: with llama.cpp's own sequence copy, which in a unified cache adds the target to the
+    source's cells (nothing moves) and across per-sequence streams copies the source's whole stream,
+    on the device, at the next decode. Else through a saved state of the source's own cells."""
+    if by_stream:
         memory = llama_cpp.llama_get_memory(ctx.ctx)
         llama_cpp.llama_memory_seq_cp(memory, source, target, -1, -1)
         llama_cpp.llama_memory_seq_rm(memory, target, length, -1)
     else:
-        # Across streams llama.cpp's seq_cp copies the whole stream (every cell of the context
-        # length: 94 MB, 21 ms for the bundled model); a sequence's saved state holds only its own
-        # cells (1.2 MB for 50 tokens), restored cell for cell into the target's stream.
         load_sequence(ctx, save_sequence(ctx, source), target, length)
+
+
+def copies_by_stream(unified_kv: bool, on_gpu: bool) -> bool:
+    """How `copy_sequence` copies for a cache. On the CPU across streams a whole stream is every cell of the
+    context length (94 MB, 21 ms for the bundled model) while a saved state holds a sequence's own cells
+    (1.2 MB for 50 tokens). On a GPU a saved state is read back one cell range a layer (a row of V each, with
+    V transposed), a blocking copy each: 136 ms to copy 145 tokens, against under 1 ms for the stream
+    (H200, bundled model; docs/benchmarks.md)."""
+    return unified_kv or on_gpu
