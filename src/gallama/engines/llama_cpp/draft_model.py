@@ -12,7 +12,9 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 
-from gallama.engines.llama_cpp.setup import copies_by_stream, copy_sequence, load_model, new_context, plan_gpus, token_pieces
+from gallama.engines.llama_cpp.setup import (
+    copies_by_stream, copy_sequence, load_model, new_context, plan_gpus, token_pieces,
+)
 from gallama.engines.prefix import common_prefix_length
 from gallama.engines.llama_cpp.batch import TokenBatch
 

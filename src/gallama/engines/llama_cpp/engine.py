@@ -33,8 +33,8 @@ from gallama.engines.llama_cpp.draft_model import DraftModel
 from gallama.engines.llama_cpp.gpu_split import describe_placement
 from gallama.engines.llama_cpp.prompt_cache import PromptCache, default_prompt_cache_mb
 from gallama.engines.llama_cpp.setup import (
-    copies_by_stream, copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus, save_sequence,
-    token_pieces,
+    copies_by_stream, copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus,
+    save_sequence, token_pieces,
 )
 from gallama.engines.llama_cpp.slot_choice import MIN_COPIED_PREFIX, SlotChoice, choose_slot, reusable_prefix
 from gallama.engines.ngram import NgramDrafter

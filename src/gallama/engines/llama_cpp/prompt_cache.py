@@ -21,10 +21,11 @@ DEFAULT_PROMPT_CACHE_MB = 1024
 
 
 def default_prompt_cache_mb(unified_kv: bool, on_gpu: bool) -> float:
-    """The budget when none is given; none (0) with a unified cache on a GPU: sequences decoded together interleave their cells there, and
-    llama.cpp saves a sequence one cell range a layer, a blocking copy each: 8.6 s for one conversation
-    of 190 tokens (H200, bundled model, flash attention off; docs/benchmarks.md), far more than prefilling
-    it again. Per-sequence streams keep a sequence's cells in one range."""
+    """The budget when none is given; none (0) with a unified cache on a GPU, where sequences decoded
+    together interleave their cells and llama.cpp saves a sequence one cell range a layer, a blocking
+    copy each: 8.6 s for one conversation of 190 tokens (H200, bundled model, flash attention off;
+    docs/benchmarks.md), far more than prefilling it again. A stream of its own keeps a sequence's
+    cells in one range."""
     return 0 if unified_kv and on_gpu else DEFAULT_PROMPT_CACHE_MB
 
 

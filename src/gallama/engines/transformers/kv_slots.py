@@ -51,7 +51,8 @@ class SlotCache(Cache):
             raise ValueError("several new tokens per row: one row at a time")
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
         # the width once a step: every layer asks for it several times
-        self.step = StepPlan(torch.tensor(slots), torch.tensor(starts), new_tokens, contiguous, max(starts) + new_tokens)
+        self.step = StepPlan(torch.tensor(slots), torch.tensor(starts), new_tokens, contiguous,
+                             width=max(starts) + new_tokens)
         return self.step
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
