@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -34,7 +35,12 @@ def main() -> None:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    # rich's handler lays out each record as a table: 1.3 ms of the event loop a line (one a request),
+    # against 0.01 ms for a plain line; a log going to a file or a pipe gets plain lines.
+    if console.is_terminal:
+        logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    else:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request otherwise
 
 
