@@ -66,6 +66,11 @@ async def decode_rate(engine: LlamaCppEngine, streams: int, max_tokens: int) -> 
     return sum(len(r[0]) - 1 for r in results) / (max(r[2] for r in results) - min(r[1] for r in results))
 
 
+async def decode_twice(engine: LlamaCppEngine, max_tokens: int) -> tuple[float, float]:
+    """8-stream decode rates of the same 8 prompts, the first time and again."""
+    return await decode_rate(engine, 8, max_tokens), await decode_rate(engine, 8, max_tokens)
+
+
 def raw_rate(llm, tokens: list[int], max_tokens: int) -> float:
     """llama-cpp-python's own loop (`Llama.generate`, greedy, end tokens not stopping it) over the same prompt."""
     times = []
@@ -104,7 +109,7 @@ async def main() -> None:
             llm.close()
         lines.append(comparison("`Llama.generate`", *rates))
         # The first time, llama.cpp captures a CUDA graph for each batch shape it meets while streams join.
-        first, again = await decode_rate(plain, 8, args.max_tokens), await decode_rate(plain, 8, args.max_tokens)
+        first, again = await decode_twice(plain, args.max_tokens)
         lines.append(f"- 8 streams: {again:.0f} tokens/s in all ({first:.0f} the first time, graphs captured)")
         base_tokens, base_first, base_end, _ = await run(plain, chat(plain, REWRITE), args.max_tokens)
     finally:
@@ -114,7 +119,7 @@ async def main() -> None:
     unified = LlamaCppEngine(args.model, unified_kv=True, **common)
     try:
         await run(unified, chat(unified, "Hi"), 8)
-        first, again = await decode_rate(unified, 8, args.max_tokens), await decode_rate(unified, 8, args.max_tokens)
+        first, again = await decode_twice(unified, args.max_tokens)
         lines.append(f"- 8 streams, unified_kv: {first:.0f} tokens/s, the same prompts again {again:.0f}")
     finally:
         unified.close()

@@ -68,39 +68,40 @@ def generate_rate(model, tokens: list[int], max_tokens: int) -> float:
     return (max_tokens - 1) / (timings[max_tokens] - timings[1])
 
 
+def profiler(engine: TransformersEngine):
+    """torch's profiler of host work, and of the GPU's where the engine runs on one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine._device.type == "cuda" else []))
+
+
 def profiled_steps(engine: TransformersEngine, steps: int):
     """Profiles `steps` steps on the engine's own thread (torch's profiler sees the thread that starts
     it), after the next one (a prompt's prefill); returns the profiler, ready once those steps ran."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine._device.type == "cuda" else [])
-    profiler, step, count = profile(activities=activities), engine._step, 0
+    steps_profiler, step, count = profiler(engine), engine._step, 0
 
     def step_under_profiler(members):
         nonlocal count
         if count == 1:
-            profiler.__enter__()
+            steps_profiler.__enter__()
         step(members)
         count += 1
         if count == steps + 1:
-            profiler.__exit__(None, None, None)
+            steps_profiler.__exit__(None, None, None)
             engine._step = step
 
     engine._step = step_under_profiler
-    return profiler
+    return steps_profiler
 
 
-def table(profiler, title: str) -> str:
-    return f"### {title}\n" + profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+def table(finished, title: str) -> str:
+    return f"### {title}\n" + finished.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
 
 
 async def profile_both(engine: TransformersEngine, tokens: list[int], steps: int) -> str:
-    from torch.profiler import ProfilerActivity, profile
-
     ours = profiled_steps(engine, steps)
     await run(engine, tokens, steps + 8)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine._device.type == "cuda" else [])
-    with profile(activities=activities) as theirs:
+    with profiler(engine) as theirs:
         generate_rate(engine._model, tokens, steps)
     return "\n".join([table(ours, f"engine, {steps} steps"), table(theirs, f"generate, 1 + {steps} tokens")])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -40,7 +39,7 @@ def _setup_logging(level: str) -> None:
     if console.is_terminal:
         logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     else:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stderr)
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request otherwise
 
 
