@@ -8,9 +8,11 @@ from a slot elsewhere (engines/llama_cpp/slot_choice.py). The copy must change n
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
+from gallama.agentic.constraints import ConstraintCompiler, json_schema_grammar
 from gallama.bundled_models import DEFAULT_CHAT_MODEL, locate
 from gallama.engines.base import EngineError, GenerationRequest, SamplingParams
 from gallama.engines.llama_cpp.engine import LlamaCppEngine
@@ -130,21 +132,53 @@ async def test_a_prompt_gives_the_same_output_fresh_and_from_the_cache():
     # llama.cpp computes a one-row chunk of a sequence with other kernels than several rows (on the
     # 25-token prompt below the first token's logprob differs). The engine never feeds a prompt's
     # last token alone: a cached prompt decodes its last two tokens again, and chunking (24-token
-    # batches here would leave one token over) keeps two or more tokens for the last chunk.
-    engine = LlamaCppEngine(PATH, max_sequences=2, cache_size=2 * 2048, n_batch=24)
+    # batches here would leave one token over) keeps two or more tokens for the last chunk. The very
+    # prompt a slot last prefilled decodes nothing: its first token comes from the logits kept then.
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048, n_batch=24)
     try:
         prompt = engine.tokenize("<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\n"
                                  "Write one sentence about the sea.<|im_end|>\n<|im_start|>assistant\n")
         assert len(prompt) == 25
 
-        def greedy():
-            request = GenerationRequest(list(prompt), 20, SamplingParams(temperature=0.0), top_logprobs=0)
+        def greedy(tokens):
+            request = GenerationRequest(list(tokens), 20, SamplingParams(temperature=0.0), top_logprobs=0)
             return collect(engine.generate(request))
 
-        fresh = await greedy()
-        cached = await greedy()
-        assert cached[0].cached_prompt_tokens == len(prompt) - 2
-        assert [(e.token, e.logprob) for e in cached] == [(e.token, e.logprob) for e in fresh]  # to the bit
+        fresh = await greedy(prompt)
+        await greedy(prompt + engine.tokenize("The sea is"))  # the slot now holds a longer prompt's logits
+        tail_decoded = await greedy(prompt)
+        from_kept_logits = await greedy(prompt)
+        assert fresh[0].cached_prompt_tokens == 0
+        assert tail_decoded[0].cached_prompt_tokens == len(prompt) - 2
+        assert from_kept_logits[0].cached_prompt_tokens == len(prompt)
+        assert [(e.token, e.logprob) for e in tail_decoded] == [(e.token, e.logprob) for e in fresh]  # to the bit
+        assert [(e.token, e.logprob) for e in from_kept_logits] == [(e.token, e.logprob) for e in fresh]
+    finally:
+        engine.close()
+
+
+async def test_a_prompt_sent_again_applies_its_own_bias_and_constraint_to_the_kept_logits():
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    engine = LlamaCppEngine(PATH, max_sequences=2, cache_size=2 * 2048)
+    try:
+        prompt = engine.tokenize("<|im_start|>user\nGive me a person as JSON.<|im_end|>\n<|im_start|>assistant\n")
+        compiler = ConstraintCompiler(engine.constraint_tokenizer)
+
+        def generate(max_tokens, constrained=False, **sampling):
+            constraint = compiler.matcher(json_schema_grammar(schema)) if constrained else None
+            request = GenerationRequest(list(prompt), max_tokens, SamplingParams(temperature=0.0, **sampling),
+                                        constraint=constraint)
+            return collect(engine.generate(request))
+
+        [free] = await generate(1)
+        [banned] = await generate(1, logit_bias={free.token: -100.0})
+        assert banned.cached_prompt_tokens == len(prompt) and banned.token != free.token
+        fresh = await generate(60, constrained=True)
+        again = await generate(60, constrained=True)
+        assert again[0].cached_prompt_tokens == len(prompt)
+        assert [e.token for e in again] == [e.token for e in fresh]
+        assert set(json.loads(b"".join(e.piece for e in again))) == {"name", "age"}
     finally:
         engine.close()
 

@@ -58,6 +58,30 @@ class _Slot:
 
     seq_id: int
     cached: list[int] = field(default_factory=list)
+    # The logits that followed the last prompt prefilled here, which was `cached[:prompt_length]`: the same
+    # prompt again samples its first token from them and decodes nothing (a retry, a regenerated answer).
+    prompt_logits: np.ndarray | None = None
+    prompt_length: int = 0
+
+    def keep(self, length: int) -> None:
+        """Forgets the cached tokens past `length`."""
+        del self.cached[length:]
+        if length < self.prompt_length:
+            self.prompt_logits = None
+
+    def hold(self, tokens: list[int]) -> None:
+        """The cache holds these tokens now (copied or restored into it)."""
+        self.cached = tokens
+        self.prompt_logits = None
+
+    def keep_prompt_logits(self, logits: np.ndarray) -> None:
+        """Keeps a copy of the logits that follow the whole cache, the prompt just prefilled."""
+        self.prompt_logits = logits.copy()
+        self.prompt_logits.flags.writeable = False
+        self.prompt_length = len(self.cached)
+
+    def holds_prompt_logits(self, prompt: list[int]) -> bool:
+        return self.prompt_logits is not None and self.prompt_length == len(prompt) and starts_with(self.cached, prompt)
 
 
 @dataclass
@@ -284,6 +308,9 @@ class LlamaCppEngine(EngineThread):
             sequence.reused = reused
             sequence.pending = list(prompt[reused:])
             self._running.append(sequence)
+            if not sequence.pending:  # the slot kept this very prompt's logits
+                self._sample_from_kept_logits(sequence)
+                self._outbox.flush()  # the first token goes out now, not after the next step
 
     def _fill_slot(self, slot: _Slot, choice: SlotChoice, prompt: list[int]) -> int:
         """Gives the slot the longest cached prefix of the prompt at hand (its own, another slot's or a
@@ -293,7 +320,7 @@ class LlamaCppEngine(EngineThread):
         if restorable >= choice.reused + MIN_COPIED_PREFIX:
             self._save_before_losing(slot, saved.tokens[:restorable])
             load_sequence(self._ctx, saved.state, slot.seq_id, restorable)
-            slot.cached = saved.tokens[:restorable]
+            slot.hold(saved.tokens[:restorable])
             self._prompt_cache.take(saved, restorable)
             if self._draft_model is not None:
                 self._draft_model.truncate(slot.seq_id, 0)  # it catches up from the tokens kept
@@ -301,6 +328,10 @@ class LlamaCppEngine(EngineThread):
         if choice.copy_from is not None:
             self._save_before_losing(slot, choice.copy_from.cached[: choice.reused])
             self._copy_slot(choice.copy_from, slot, choice.reused)
+        elif slot.holds_prompt_logits(prompt):
+            self._save_before_losing(slot, prompt)
+            self._truncate_slot(slot, len(prompt))
+            return len(prompt)
         else:
             self._save_before_losing(slot, slot.cached[: choice.reused])
             self._truncate_slot(slot, choice.reused)
@@ -317,14 +348,14 @@ class LlamaCppEngine(EngineThread):
     def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
         """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""
         copy_sequence(self._ctx, source.seq_id, target.seq_id, length, by_stream=self._copies_by_stream)
-        target.cached = source.cached[:length]
+        target.hold(source.cached[:length])
         if self._draft_model is not None:
             self._draft_model.copy(source.seq_id, target.seq_id, target.cached)
 
     def _truncate_slot(self, slot: _Slot, length: int) -> None:
         """Keeps the first `length` cached tokens of a slot (0: forgets them), in the draft model too."""
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, length, -1)
-        del slot.cached[length:]
+        slot.keep(length)
         if self._draft_model is not None:
             # The draft reuses what the main model reuses and no more, so that a
             # repeated request drafts (and so samples) the same way each time.
@@ -413,7 +444,10 @@ class LlamaCppEngine(EngineThread):
             sequence.slot.cached.extend(sequence.pending[:count])
             del sequence.pending[:count]
         for sequence, rows in outputs:
-            self._sample(sequence, rows, mask_rows.get(id(sequence)))
+            logits = [self._logits(row) for row in rows]
+            if sequence.generated == 0:  # the prompt's own: kept for the same prompt again
+                sequence.slot.keep_prompt_logits(logits[0])
+            self._sample(sequence, logits, mask_rows.get(id(sequence)))
         self._outbox.flush()  # now, not after the step's other decode: these tokens are ready
         return seconds
 
@@ -425,18 +459,28 @@ class LlamaCppEngine(EngineThread):
             mask_row = np.frombuffer(constraint.compute_bitmask(), dtype=np.uint8)
         return allowed_tokens(mask_row, self.vocab_size)
 
-    def _sample(self, sequence: _Sequence, rows: list[int], mask_row: np.ndarray | None) -> None:
-        """Samples the next token; with drafts, keeps each draft the model agrees with, then one more."""
+    def _logits(self, row: int) -> np.ndarray:
+        """The last decode's logits of a batch row (a view, valid until the next decode)."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self.vocab_size,))
+
+    def _sample_from_kept_logits(self, sequence: _Sequence) -> None:
+        """Samples the first token of a prompt whose slot kept its logits: no decode at all."""
+        constraint = sequence.request.constraint
+        mask_row = None if constraint is None else np.frombuffer(constraint.compute_bitmask(), dtype=np.uint8)
+        self._sample(sequence, [sequence.slot.prompt_logits], mask_row)
+
+    def _sample(self, sequence: _Sequence, rows: list[np.ndarray], mask_row: np.ndarray | None) -> None:
+        """Samples the next token from the logits of its rows; with drafts, keeps each draft the model
+        agrees with, then one more."""
         drafts, sequence.drafts = sequence.drafts, []
         valid = len(sequence.slot.cached) - len(drafts)  # KV cells that hold the sequence's real tokens
         verified_before, accepted_before = sequence.drafted, sequence.accepted
-        for position, row in enumerate(rows):
+        for position, logits in enumerate(rows):
             allowed = self._allowed(sequence, mask_row, first=position == 0)
             if allowed is not None and not allowed.any():
                 error = sequence.request.constraint.get_error()
                 self._fail(sequence, EngineError(f"the constraint allows no token: {error}"))
                 return
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self.vocab_size,))
             adjusted = sequence.sampler.adjusted_logits(logits, allowed)
             if position < len(drafts):
                 token, kept = sequence.sampler.verify_draft(adjusted, drafts[position])
@@ -465,7 +509,7 @@ class LlamaCppEngine(EngineThread):
     def _trim(self, slot: _Slot, length: int) -> None:
         if len(slot.cached) > length:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, length, -1)
-            del slot.cached[length:]
+            slot.keep(length)
 
     def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray | None) -> bool:
         """Sends one generated token; False when the sequence ended (and was released)."""
