@@ -5,8 +5,10 @@ HTTP (streaming chat, temperature 0, end-of-generation tokens banned with
 logit_bias so that every run decodes exactly --max-tokens tokens) against
 llama-cpp-python's own `Llama` object fed the same prompt tokens (the same chat
 template, rendered and tokenized the same way), with the same GGUF, thread count,
-context size (4096), batch size and flash attention, in the same run. The
-repetitions alternate between the two so that both see the same machine load.
+context size (4096), batch size and flash attention, in the same run. llama.cpp's
+own `llama-server`, streamed to by the same HTTP client, runs beside them (unless
+--llama-server ''): what any server's HTTP path and client cost on the same cores.
+The repetitions alternate between the engines so that all see the same machine load.
 
     python bench/engine_overhead.py [--max-tokens 128] [--rounds 5] [--threads 2]
 
@@ -81,40 +83,56 @@ async def run(args) -> None:
     banned = common.end_of_generation_tokens(model_path)
     llm = load_raw_engine(model_path, args.threads)
     prompts = {p: prompt_tokens(llm, p) for p in common.PROMPTS}
-    server = common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT))
-    samples: dict[str, list[common.StreamResult]] = {"gallama": [], "raw": []}
+    servers = {"gallama": common.gallama_server(model_path, args.threads, 1, "--cache-size", str(CONTEXT))}
+    if args.llama_server:
+        binary = common.llama_server_binary() if args.llama_server == "build" else args.llama_server
+        servers["llama-server"] = common.llama_server(binary, model_path, args.threads, 1, CONTEXT,
+                                                      *common.LLAMA_SERVER_FLASH_ATTENTION_OFF)
+    samples: dict[str, list[common.StreamResult]] = {"raw": [], **{name: [] for name in servers}}
     busy: list[float] = []
     cpu: dict[str, float] = defaultdict(float)
-    server.start()
+    for server in servers.values():
+        server.start()
     try:
         async with httpx.AsyncClient(timeout=300) as client:
             for warmup in common.PROMPTS[:2]:
-                await common.stream_chat(client, server.base_url, common.chat_payload(warmup, 16, banned))
+                for server in servers.values():
+                    await common.stream_chat(client, server.base_url, common.chat_payload(warmup, 16, banned))
                 raw_run(llm, prompts[warmup], 16)
             for round_index in range(args.rounds):
                 if args.quiet_wait > 0:
                     busy.append(common.wait_for_quiet(args.quiet_cores, args.quiet_wait))
                 for prompt in common.PROMPTS:
-                    # Alternate which goes first, so neither always runs right after the other's cache.
-                    order = ["gallama", "raw"] if round_index % 2 == 0 else ["raw", "gallama"]
+                    # Rotate which goes first, so none always runs right after another's cache.
+                    order = list(samples)
+                    order = order[round_index % len(order):] + order[:round_index % len(order)]
                     for engine in order:
-                        if engine == "gallama":
-                            payload = common.chat_payload(prompt, args.max_tokens, banned)
-                            before = thread_cpu(server.process.pid)
-                            result = await common.stream_chat(client, server.base_url, payload)
-                            add_cpu(cpu, before, thread_cpu(server.process.pid))
-                            if result.error or result.tokens != args.max_tokens:
-                                raise RuntimeError(f"gallama: {result.error or result.tokens} ({result.finish_reason})")
-                        else:
+                        if engine == "raw":
                             before_raw = time.process_time()
                             result = raw_run(llm, prompts[prompt], args.max_tokens)
                             cpu["raw engine (whole process)"] += time.process_time() - before_raw
+                        else:
+                            result = await timed_stream(client, servers[engine], prompt, args.max_tokens, banned, cpu)
                         samples[engine].append(result)
                 print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
         llm.close()
     report(args, samples, [len(t) for t in prompts.values()], busy, cpu)
+
+
+async def timed_stream(client: httpx.AsyncClient, server: common.Server, prompt: str, max_tokens: int,
+                       banned: list[int], cpu: dict[str, float]) -> common.StreamResult:
+    """One streamed chat, with the server's CPU by thread kind and the client's (this process) added to `cpu`."""
+    payload = common.chat_payload(prompt, max_tokens, banned)
+    before, client_before = thread_cpu(server.process.pid), time.process_time()
+    result = await common.stream_chat(client, server.base_url, payload)
+    cpu[f"HTTP client streaming from {server.name} (this process)"] += time.process_time() - client_before
+    add_cpu(cpu, server.name, before, thread_cpu(server.process.pid))
+    if result.error or result.tokens != max_tokens:
+        raise RuntimeError(f"{server.name}: {result.error or result.tokens} ({result.finish_reason})")
+    return result
 
 
 def thread_cpu(root: int) -> dict[tuple[int, int], float]:
@@ -132,12 +150,15 @@ def thread_cpu(root: int) -> dict[tuple[int, int], float]:
     return found
 
 
-def add_cpu(cpu: dict[str, float], before: dict, after: dict) -> None:
-    """Splits gallama's CPU time: each process's main thread (its event loop: HTTP, routing, template, SSE; one
-    process serves a one-model server), and the other threads (the engine's and llama.cpp's compute threads)."""
+def add_cpu(cpu: dict[str, float], name: str, before: dict, after: dict) -> None:
+    """Splits a server's CPU time: gallama's main thread (its event loop: HTTP, routing, template, SSE; one
+    process serves a one-model server) and its other threads (the engine's and llama.cpp's compute threads);
+    llama-server's whole process."""
     for (pid, tid), seconds in after.items():
         spent = seconds - before.get((pid, tid), 0.0)
-        if tid == pid:
+        if name != "gallama":
+            cpu[f"{name} (whole process)"] += spent
+        elif tid == pid:
             cpu["gallama event loop threads (HTTP, routing, template, SSE)"] += spent
         else:
             cpu["gallama engine and llama.cpp compute threads"] += spent
@@ -155,7 +176,11 @@ def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: 
         "| engine | decode tok/s (median) | TTFT ms (median) | TTFT ms (p95) |",
         "|---|---|---|---|",
     ]
-    for name, label in [("gallama", "gallama over HTTP"), ("raw", "llama-cpp-python `Llama` object")]:
+    labels = {"gallama": "gallama over HTTP", "llama-server": "llama-server over HTTP",
+              "raw": "llama-cpp-python `Llama` object"}
+    for name, label in labels.items():
+        if name not in samples:
+            continue
         p95 = common.percentile([s.first_token_s * 1000 for s in samples[name]], 95)
         lines.append(f"| {label} | {common.fmt(decode[name])} | {common.fmt(ttft[name])} | {common.fmt(p95)} |")
     table = "\n".join(lines)
@@ -169,6 +194,12 @@ def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: 
         f"**{common.fmt(paired, 1)} ms** (goal < 10 ms: {verdict_ttft}); difference of the medians "
         f"{common.fmt(added_ttft, 1)} ms"
     )
+    if "llama-server" in samples:
+        summary += (
+            f"\n- for reference, llama-server over the same HTTP client / raw: "
+            f"**{common.fmt(common.ratio(decode['llama-server'], decode['raw']), 3)}**; gallama / llama-server: "
+            f"{common.fmt(common.ratio(decode['gallama'], decode['llama-server']), 3)}"
+        )
     if busy and common.median(busy) > 0.5:
         summary += (
             f"\n- **Not a clean run**: other work kept {common.fmt(common.median(busy), 2)} of {os.cpu_count()} cores "
@@ -176,8 +207,8 @@ def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: 
         )
     tokens = {name: sum(r.tokens for r in runs) for name, runs in samples.items()}
     cpu_lines = ["| where | CPU ms per generated token |", "|---|---|"]
-    for where, seconds in cpu.items():
-        count = tokens["raw"] if where.startswith("raw") else tokens["gallama"]
+    for where, seconds in sorted(cpu.items()):
+        count = next(tokens[name] for name in ("raw", "llama-server", "gallama") if name in where)
         cpu_lines.append(f"| {where} | {1000 * seconds / max(count, 1):.2f} |")
     cpu_table = "\n".join(cpu_lines)
     print(table)
@@ -191,12 +222,13 @@ def report(args, samples: dict[str, list[common.StreamResult]], prompt_lengths: 
     body = f"""
 Single-stream decode speed and time to first token of `gallama serve` over HTTP
 against llama-cpp-python's own `Llama` object in the same process as the client,
-on the same GGUF and prompt tokens (issue 2).
+on the same GGUF and prompt tokens (issue 2); llama.cpp's `llama-server` (one slot,
+`-fa off --no-repack`), streamed to by the same client, beside them for reference.
 
 - Date: {common.today()}
 - Machine: {common.machine_description()}; shared with other engineers' test runs,
-  so numbers are noisy: the two engines' runs alternate (round-robin, order
-  swapped every round) so both see the same conditions, and medians are reported.
+  so numbers are noisy: the engines' runs alternate (round-robin, the order
+  rotating every round) so all see the same conditions, and medians are reported.
   {load_note}
 - Command: `python bench/engine_overhead.py {" ".join(sys.argv[1:])}`
 - Versions: {common.versions("gallama", "llama-cpp-python", "fastapi", "uvicorn")}
@@ -231,6 +263,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llama-server", default="build", help="llama-server binary for the reference column "
+                        "('build': the cached build of bench/build_llama_server.sh; '': leave it out)")
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for a quiet machine before each round (0: never)")
     parser.add_argument("--quiet-cores", type=float, default=0.3, help="CPU use by others (cores) that counts as quiet")
     common.exit_on_sigterm()
