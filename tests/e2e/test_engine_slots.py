@@ -171,14 +171,30 @@ async def test_a_prompt_sent_again_applies_its_own_bias_and_constraint_to_the_ke
                                         constraint=constraint)
             return collect(engine.generate(request))
 
+        fresh = await generate(60, constrained=True)
+        again = await generate(60, constrained=True)
+        assert (fresh[0].cached_prompt_tokens, again[0].cached_prompt_tokens) == (0, len(prompt))
+        assert [e.token for e in again] == [e.token for e in fresh]
+        assert set(json.loads(b"".join(e.piece for e in again))) == {"name", "age"}
         [free] = await generate(1)
         [banned] = await generate(1, logit_bias={free.token: -100.0})
         assert banned.cached_prompt_tokens == len(prompt) and banned.token != free.token
-        fresh = await generate(60, constrained=True)
-        again = await generate(60, constrained=True)
-        assert again[0].cached_prompt_tokens == len(prompt)
-        assert [e.token for e in again] == [e.token for e in fresh]
-        assert set(json.loads(b"".join(e.piece for e in again))) == {"name", "age"}
+    finally:
+        engine.close()
+
+
+async def test_kept_logits_belong_to_the_prompt_not_to_the_drafts_decoded_with_it():
+    """A one-token prompt is decoded with drafted tokens after it: the logits kept are the prompt's, and a
+    later prompt that is the prompt plus those tokens must not take them for its own."""
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048, draft_model_path=PATH)
+    try:
+        start = engine.tokenize("Once")
+        assert len(start) == 1
+        first = await collect(engine.generate(GenerationRequest(start, 8, SamplingParams(temperature=0.0))))
+        assert first[-1].drafted > 0  # the prompt's own step carried drafts
+        longer = start + [e.token for e in first[:5]]
+        again = await collect(engine.generate(GenerationRequest(longer, 4, SamplingParams(temperature=0.0))))
+        assert again[0].cached_prompt_tokens == len(longer) - 2  # decoded its tail: no logits were kept for it
     finally:
         engine.close()
 

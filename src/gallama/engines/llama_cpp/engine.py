@@ -60,7 +60,7 @@ class _Slot:
     cached: list[int] = field(default_factory=list)
     # The logits that followed the last prompt prefilled here, which was `cached[:prompt_length]`: the same
     # prompt again samples its first token from them and decodes nothing (a retry, a regenerated answer).
-    prompt_logits: np.ndarray | None = None
+    prompt_logits: np.ndarray | None = field(default=None, compare=False)
     prompt_length: int = 0
 
     def keep(self, length: int) -> None:
@@ -74,11 +74,12 @@ class _Slot:
         self.cached = tokens
         self.prompt_logits = None
 
-    def keep_prompt_logits(self, logits: np.ndarray) -> None:
-        """Keeps a copy of the logits that follow the whole cache, the prompt just prefilled."""
+    def keep_prompt_logits(self, logits: np.ndarray, prompt_length: int) -> None:
+        """Keeps a copy of the logits that follow the prompt just prefilled, the first `prompt_length` cached
+        tokens (drafted tokens may follow them)."""
         self.prompt_logits = logits.copy()
         self.prompt_logits.flags.writeable = False
-        self.prompt_length = len(self.cached)
+        self.prompt_length = prompt_length
 
     def holds_prompt_logits(self, prompt: list[int]) -> bool:
         return self.prompt_logits is not None and self.prompt_length == len(prompt) and starts_with(self.cached, prompt)
@@ -306,11 +307,8 @@ class LlamaCppEngine(EngineThread):
                 continue
             sequence.slot = slot
             sequence.reused = reused
-            sequence.pending = list(prompt[reused:])
+            sequence.pending = list(prompt[reused:])  # none: the slot kept this very prompt's logits
             self._running.append(sequence)
-            if not sequence.pending:  # the slot kept this very prompt's logits
-                self._sample_from_kept_logits(sequence)
-                self._outbox.flush()  # the first token goes out now, not after the next step
 
     def _fill_slot(self, slot: _Slot, choice: SlotChoice, prompt: list[int]) -> int:
         """Gives the slot the longest cached prefix of the prompt at hand (its own, another slot's or a
@@ -378,6 +376,11 @@ class LlamaCppEngine(EngineThread):
         # batch whose sequences come out of order into slower micro-batches (a
         # batch of 8 decoded 15% slower in arrival order than sorted).
         members = sorted(members, key=lambda s: s.slot.seq_id)
+        unstarted = [s for s in members if not s.pending]
+        if unstarted:
+            for sequence in unstarted:
+                self._sample_from_kept_logits(sequence)
+            self._outbox.flush()  # their first tokens go out now, not after this step's decode
         decoding = [s for s in members if len(s.pending) == 1]
         prefilling = [s for s in members if len(s.pending) > 1]
         if decoding and self.draft_mode:
@@ -446,7 +449,7 @@ class LlamaCppEngine(EngineThread):
         for sequence, rows in outputs:
             logits = [self._logits(row) for row in rows]
             if sequence.generated == 0:  # the prompt's own: kept for the same prompt again
-                sequence.slot.keep_prompt_logits(logits[0])
+                sequence.slot.keep_prompt_logits(logits[0], len(sequence.request.prompt_tokens))
             self._sample(sequence, logits, mask_rows.get(id(sequence)))
         self._outbox.flush()  # now, not after the step's other decode: these tokens are ready
         return seconds
