@@ -81,7 +81,7 @@ async def generate(engine, tokens, max_tokens=120, constraint=None, **sampling):
 async def test_greedy_output_is_identical(engines, task):
     plain, speculative = engines
     tokens = prompt(plain, task)
-    for engine in engines:  # both start from a cached prompt (a full prefill differs in the last bits)
+    for engine in engines:  # both then start from the prompt's cache and the logits kept from its prefill
         await generate(engine, tokens, max_tokens=1, temperature=0)
     expected, _ = await generate(plain, tokens, temperature=0)
     got, last = await generate(speculative, tokens, temperature=0)
@@ -120,8 +120,8 @@ async def test_sampling_with_drafts_runs_and_is_seeded(engines):
     _, speculative = engines
     tokens = prompt(speculative, f"Repeat this text exactly: {TEXT}")
     # A first run leaves the prompt cached (in the draft model too, which drafts
-    # from the third token on), so the two runs compared start alike: a full
-    # prefill and a cached one differ in the last bits of the logits.
+    # from the third token on), so the two runs compared start alike: the same
+    # caches and the logits the slot kept from the prompt's prefill.
     await generate(speculative, tokens, max_tokens=3, temperature=0.7, seed=5)
     first, last = await generate(speculative, tokens, temperature=0.7, seed=5)
     second, _ = await generate(speculative, tokens, temperature=0.7, seed=5)
