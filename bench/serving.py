@@ -1,9 +1,9 @@
 """Serving benchmark: gallama against llama.cpp's llama-server and llama-cpp-python's server (issue 8).
 
 All three serve the same GGUF with the same thread count and the same context
-per sequence, in the same run; their measurements are interleaved round by
-round (the engine order rotates every round) so that they share the machine's
-conditions. For each: single-stream decode tokens/s, time to first token (median,
+per sequence, in the same run; their measurements are interleaved (single-stream
+and JSON requests prompt by prompt, concurrent blocks block by block, the engine
+order rotating every round) so that they share the machine's conditions. For each: single-stream decode tokens/s, time to first token (median,
 p95), aggregate tokens/s at 1, 4, 8 and 16 concurrent streams, decode tokens/s
 under a small JSON schema (`response_format` `json_schema`) and the peak RSS of
 the server's process tree; then the ratios gallama/peer.
@@ -113,8 +113,10 @@ async def measure(args, servers: dict[str, common.Server], banned: list[int]) ->
             shift = round_index % len(servers)
             order = list(servers)[shift:] + list(servers)[:shift]
             quiet()
-            for name in order:
-                for number, prompt in enumerate(common.PROMPTS):
+            # Prompt by prompt, each engine in turn: the pairs compared run seconds apart (this machine's speed
+            # moves by 15% within minutes, which engine-long blocks would take for a difference between engines).
+            for number, prompt in enumerate(common.PROMPTS):
+                for name in order:
                     # Each prompt twice: first seen (a request number no server has read before leads it, so
                     # only the chat template's opening is cached), then again word for word (all of it cached).
                     payload = common.chat_payload(f"Request {round_index}.{number}.{name}: {prompt}", args.max_tokens, banned)
@@ -135,15 +137,15 @@ async def measure(args, servers: dict[str, common.Server], banned: list[int]) ->
                     check(f"{name} x{streams}", results, args.max_tokens, problems)
                     aggregate[name][streams].append(sum(r.tokens for r in results if not r.error) / wall)
             quiet()
-            for name in order:
-                if name in json_errors:
-                    continue
-                for prompt in JSON_PROMPTS:
+            for prompt in JSON_PROMPTS:
+                for name in order:
+                    if name in json_errors:
+                        continue
                     payload = common.chat_payload(prompt, args.max_tokens, banned, response_format=JSON_FORMAT)
                     result = await timed(name, common.stream_chat(client, servers[name].base_url, payload))
                     if result.error or result.status != 200:
                         json_errors[name] = f"HTTP {result.status}: {(result.error or '')[:160]}"
-                        break
+                        continue
                     constrained[name].append(result)
                     in_round[name][round_index]["json"].append(result)
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
@@ -243,7 +245,8 @@ the same run (issue 8).
 - Date: {common.today()}
 - Machine: {common.machine_description()}; shared with other engineers' builds
   and test runs, so numbers are noisy: the engines' measurements are interleaved
-  (round-robin, the order rotating every round) and medians are reported.
+  (single-stream and JSON requests prompt by prompt, concurrent blocks block by block,
+  the order rotating every round) and medians are reported.
 - Command: `{command}`
 - Versions: {common.versions("gallama", "llama-cpp-python", "fastapi", "uvicorn", "llguidance")};
   llama-server built from the llama.cpp sources vendored in the llama-cpp-python
