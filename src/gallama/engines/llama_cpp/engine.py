@@ -326,14 +326,12 @@ class LlamaCppEngine(EngineThread):
         if choice.copy_from is not None:
             self._save_before_losing(slot, choice.copy_from.cached[: choice.reused])
             self._copy_slot(choice.copy_from, slot, choice.reused)
-        elif slot.holds_prompt_logits(prompt):
-            self._save_before_losing(slot, prompt)
-            self._truncate_slot(slot, len(prompt))
-            return len(prompt)
-        else:
-            self._save_before_losing(slot, slot.cached[: choice.reused])
-            self._truncate_slot(slot, choice.reused)
-        return choice.reused
+            return choice.reused
+        # The logits kept for this very prompt spare even the tail that reusable_prefix leaves to decode.
+        reused = len(prompt) if slot.holds_prompt_logits(prompt) else choice.reused
+        self._save_before_losing(slot, slot.cached[:reused])
+        self._truncate_slot(slot, reused)
+        return reused
 
     def _save_before_losing(self, slot: _Slot, kept: list[int]) -> None:
         """Saves the slot's conversation to host memory when what it keeps (`kept`) leaves a part of it
