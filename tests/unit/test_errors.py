@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, model_validator
 
 from gallama.engines.base import EngineOverloaded
 from gallama.protocol.errors import APIError, InvalidRequest, RateLimited, as_api_error, check_token_ids
@@ -66,3 +67,32 @@ def test_model_cards():
                                         "context_length": 4096}
     assert model_card("m", 1, None, instances=2, status="ready") == {
         "id": "m", "object": "model", "created": 1, "owned_by": "gallama", "instances": 2, "status": "ready"}
+
+
+class _CompletionBody(BaseModel):
+    n: int = 1
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def same_n(self):
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of other than n is not supported")
+        return self
+
+
+def test_validation_errors_name_the_field_or_the_body_without_pythons_words():
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v1/completions")
+    async def complete(body: _CompletionBody):
+        return {}
+
+    client = TestClient(app)
+    field = client.post("/v1/completions", json={"n": "many"}).json()["error"]
+    assert field["param"] == "n" and field["message"].startswith("Invalid value for 'n': ")
+    whole = client.post("/v1/completions", json={"n": 1, "best_of": 3}).json()["error"]
+    assert whole == {"message": "Invalid request: best_of other than n is not supported",
+                     "type": "invalid_request_error", "param": None, "code": None}
+    not_object = client.post("/v1/completions", json=[1]).json()["error"]
+    assert not_object["message"] == "The request body must be a JSON object." and not_object["param"] is None

@@ -30,7 +30,13 @@ def _validation_message(error: dict) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if error.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
-    return f"Invalid value for '{param}': {error.get('msg')}", param
+    # pydantic prefixes what a validator raised with "Value error, ": the client wrote no Python.
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
+    if param is None:  # the body as a whole: not an object, or fields that contradict each other
+        if error.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+            return "The request body must be a JSON object.", None
+        return f"Invalid request: {message}", None
+    return f"Invalid value for '{param}': {message}", param
 
 
 def install_error_handlers(app: FastAPI) -> None:
