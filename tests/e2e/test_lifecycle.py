@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEFAULT_MODEL, start_server
+from tests.conftest import DEFAULT_MODEL, start_server, stop_server
 
 TIMEOUT_S = 3.0
 TIMED_MODEL = "smollm-timeout"
@@ -32,12 +32,13 @@ def timed(server, http):
 
 
 def own_server(tmp_path_factory, *args: str):
-    """A server of the bundled model for one test, killed afterwards if it still runs."""
+    """A server of the bundled model for one test, stopped afterwards if it still runs (SIGTERM: a killed
+    server leaves its temporary responses store behind)."""
     server = start_server(str(tmp_path_factory.mktemp("own")), "-id", f"model_id={DEFAULT_MODEL}",
                           "--max-sequences", "2", *args)
     yield server
     if server.process.poll() is None:
-        server.process.kill()
+        stop_server(server)
 
 
 @pytest.fixture(params=["in-process", "worker-processes"])
