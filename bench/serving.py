@@ -82,11 +82,10 @@ def check(name: str, results: list[common.StreamResult], expected: int | None, p
 
 
 async def measure(args, servers: dict[str, common.Server], banned: list[int]) -> dict:
-    single = defaultdict(list)  # engine -> StreamResults
     first_token = {"first": defaultdict(list), "cached": defaultdict(list)}  # prompt seen before? -> engine -> s
     aggregate = defaultdict(lambda: defaultdict(list))  # engine -> streams -> tok/s per round
-    constrained = defaultdict(list)  # engine -> StreamResults
-    in_round = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # engine -> round -> "decode"/"json" -> results
+    # engine -> round -> "decode" (single-stream requests) or "json" (JSON-schema requests) -> StreamResults
+    in_round = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     json_errors: dict[str, str] = {}
     problems: list[str] = []
     busy: list[float] = []  # other work's CPU use (cores) before each measurement block
@@ -126,7 +125,6 @@ async def measure(args, servers: dict[str, common.Server], banned: list[int]) ->
                         await asyncio.sleep(args.settle)
                         result = await timed(name, common.stream_chat(client, servers[name].base_url, payload))
                         check(name, [result], args.max_tokens, problems)
-                        single[name].append(result)
                         in_round[name][round_index]["decode"].append(result)
                         first_token[seen][name].append(result.first_token_s)
             for streams in args.concurrency:
@@ -146,13 +144,17 @@ async def measure(args, servers: dict[str, common.Server], banned: list[int]) ->
                     if result.error or result.status != 200:
                         json_errors[name] = f"HTTP {result.status}: {(result.error or '')[:160]}"
                         continue
-                    constrained[name].append(result)
                     in_round[name][round_index]["json"].append(result)
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     return {
-        "single": single, "in_round": in_round, "first_token": first_token, "aggregate": aggregate, "constrained": constrained, "json_errors": json_errors,
+        "in_round": in_round, "first_token": first_token, "aggregate": aggregate, "json_errors": json_errors,
         "problems": problems, "busy": busy, "cpu_ms_per_token": {n: 1000 * cpu[n] / max(tokens[n], 1) for n in servers},
     }
+
+
+def every_round(data: dict, name: str, key: str) -> list[common.StreamResult]:
+    """An engine's single-stream ("decode") or JSON-schema ("json") results of all rounds."""
+    return [r for by_key in data["in_round"][name].values() for r in by_key[key]]
 
 
 def json_validity(results: list[common.StreamResult]) -> str:
@@ -173,8 +175,7 @@ def report(args, data: dict, peaks: dict[str, float], command: str) -> None:
     rows = {}
     tokenizer = common.VocabTokenizer(args.model or common.default_model_path())
     for name in engines:
-        singles = data["single"][name]
-        constrained = data["constrained"][name]
+        singles, constrained = every_round(data, name, "decode"), every_round(data, name, "json")
         common.count_first_chunk_tokens(singles + constrained, tokenizer)
         rows[name] = {
             "decode": common.median([r.decode_tokens_per_s for r in singles]),
