@@ -199,6 +199,52 @@ async def test_kept_logits_belong_to_the_prompt_not_to_the_drafts_decoded_with_i
         engine.close()
 
 
+async def test_a_prompt_sent_again_after_losing_its_slot_comes_back_with_its_logits():
+    """Its slot was given to another prompt, which saved the conversation to host memory with the logits
+    that followed the prompt: restored, the prompt decodes nothing and answers as it did fresh."""
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048)
+    try:
+        prompt = engine.tokenize(SHARED, add_special=True)
+
+        def greedy(tokens, max_tokens=12):
+            return collect(engine.generate(GenerationRequest(list(tokens), max_tokens, SamplingParams(temperature=0.0),
+                                                             top_logprobs=0)))
+
+        fresh = await greedy(prompt)
+        await greedy(engine.tokenize("Write a haiku about rain.", add_special=True), 4)  # takes the only slot
+        again = await greedy(prompt)
+        assert again[0].cached_prompt_tokens == len(prompt)  # restored whole, its first token from the kept logits
+        assert [(e.token, e.logprob) for e in again] == [(e.token, e.logprob) for e in fresh]  # to the bit
+    finally:
+        engine.close()
+
+
+async def test_a_prompt_sent_again_in_another_slot_copies_its_logits_with_its_cells():
+    engine = LlamaCppEngine(PATH, max_sequences=4, cache_size=4 * 1024)
+    try:
+        prompt = engine.tokenize(SHARED, add_special=True)
+
+        def greedy(tokens, max_tokens=12):
+            request = GenerationRequest(list(tokens), max_tokens, SamplingParams(temperature=0.0), top_logprobs=0)
+            return engine.generate(request)
+
+        fresh = await collect(greedy(prompt))  # slot 0 holds the prompt and the logits that followed it
+        # As in the copied-prefix test: slot 2 runs, so the prompt again must run in slot 1 or 3.
+        busy, neighbour = (greedy(engine.tokenize(f"Count to a hundred in {language}:", add_special=True), 300)
+                           for language in ("French", "German"))
+        await anext(busy)
+        await anext(neighbour)
+        busy.cancel()
+        stream = greedy(prompt)
+        again = await collect(stream)
+        neighbour.cancel()
+        assert stream._sequence.slot.seq_id in (1, 3)
+        assert again[0].cached_prompt_tokens == len(prompt)
+        assert [(e.token, e.logprob) for e in again] == [(e.token, e.logprob) for e in fresh]
+    finally:
+        engine.close()
+
+
 def test_a_batch_too_small_for_a_prompt_chunk_is_refused():
     with pytest.raises(ValueError, match="n_batch must be at least 2"):
         LlamaCppEngine(PATH, max_sequences=1, cache_size=1024, n_batch=1)

@@ -85,3 +85,20 @@ def test_no_saved_conversations_by_default_where_saving_one_takes_seconds():
     assert default_prompt_cache_mb(unified_kv=True, on_gpu=False) == DEFAULT_PROMPT_CACHE_MB
     assert default_prompt_cache_mb(unified_kv=False, on_gpu=True) == DEFAULT_PROMPT_CACHE_MB
     assert default_prompt_cache_mb(unified_kv=True, on_gpu=True) == 0
+
+
+def test_kept_logits_count_in_the_budget_and_serve_only_their_own_prompt():
+    import numpy as np
+
+    logits = np.zeros(4, dtype=np.float32)  # 16 bytes
+    cache = PromptCache(capacity_bytes=30)
+    cache.add([1, 2, 3, 4], lambda: state(10), logits, prompt_length=3)  # the prompt [1, 2, 3], then an answer
+    assert cache.size_bytes == 26
+    entry = cache.longest_match([1, 2, 3])
+    assert entry.holds_prompt_logits([1, 2, 3])
+    assert not entry.holds_prompt_logits([1, 2]) and not entry.holds_prompt_logits([1, 2, 3, 4])
+    assert not entry.holds_prompt_logits([1, 2, 9])
+    cache.add([7], lambda: state(10))  # 36 bytes: the oldest goes
+    assert cache.longest_match([1, 2, 3]) is None and cache.size_bytes == 10
+    cache.add([8, 8], lambda: state(16), logits, prompt_length=2)  # 32 bytes with its logits: never fits
+    assert cache.longest_match([8, 8]) is None

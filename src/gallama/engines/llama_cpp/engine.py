@@ -313,21 +313,31 @@ class LlamaCppEngine(EngineThread):
     def _fill_slot(self, slot: _Slot, choice: SlotChoice, prompt: list[int]) -> int:
         """Gives the slot the longest cached prefix of the prompt at hand (its own, another slot's or a
         saved one), saving a conversation it would lose first; returns the prefix's length."""
+        # Logits kept for this very prompt (by the slot, a saved state or the slot copied from) spare even
+        # the tail that reusable_prefix leaves to decode: the whole prompt is reused, none of it decoded.
         saved = self._prompt_cache.longest_match(prompt)
         restorable = reusable_prefix(saved.tokens, prompt) if saved else 0
         if restorable >= choice.reused + MIN_COPIED_PREFIX:
-            self._save_before_losing(slot, saved.tokens[:restorable])
-            load_sequence(self._ctx, saved.state, slot.seq_id, restorable)
-            slot.hold(saved.tokens[:restorable])
-            self._prompt_cache.take(saved, restorable)
+            kept = saved.holds_prompt_logits(prompt)
+            length = len(prompt) if kept else restorable
+            self._save_before_losing(slot, saved.tokens[:length])
+            load_sequence(self._ctx, saved.state, slot.seq_id, length)
+            slot.hold(saved.tokens[:length])
+            if kept:
+                slot.keep_prompt_logits(saved.prompt_logits, length)
+            self._prompt_cache.take(saved, length)
             if self._draft_model is not None:
                 self._draft_model.truncate(slot.seq_id, 0)  # it catches up from the tokens kept
-            return restorable
+            return length
         if choice.copy_from is not None:
-            self._save_before_losing(slot, choice.copy_from.cached[: choice.reused])
-            self._copy_slot(choice.copy_from, slot, choice.reused)
-            return choice.reused
-        # The logits kept for this very prompt spare even the tail that reusable_prefix leaves to decode.
+            source = choice.copy_from
+            kept = source.holds_prompt_logits(prompt)
+            length = len(prompt) if kept else choice.reused
+            self._save_before_losing(slot, source.cached[:length])
+            self._copy_slot(source, slot, length)
+            if kept:
+                slot.keep_prompt_logits(source.prompt_logits, length)
+            return length
         reused = len(prompt) if slot.holds_prompt_logits(prompt) else choice.reused
         self._save_before_losing(slot, slot.cached[:reused])
         self._truncate_slot(slot, reused)
@@ -339,7 +349,8 @@ class LlamaCppEngine(EngineThread):
         lost = len(slot.cached) - common_prefix_length(slot.cached, kept)
         if lost < MIN_COPIED_PREFIX or any(starts_with(s.cached, slot.cached) for s in self._slots if s is not slot):
             return
-        self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id))
+        self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id), slot.prompt_logits,
+                               slot.prompt_length)
 
     def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
         """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""

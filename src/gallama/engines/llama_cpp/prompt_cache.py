@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sized
 
+import numpy as np
+
 from gallama.engines.prefix import common_prefix_length, starts_with
 
 # llama-server keeps 8 GiB; a smaller default suits the small machines gallama also runs on
@@ -33,6 +35,17 @@ def default_prompt_cache_mb(unified_kv: bool, on_gpu: bool) -> float:
 class SavedPrompt:
     tokens: list[int]
     state: Sized  # llama.cpp's saved sequence state, opaque here
+    # The logits that followed the slot's last prompt, `tokens[:prompt_length]`, when the slot kept them:
+    # restored with the state, the same prompt again decodes nothing.
+    prompt_logits: np.ndarray | None = None
+    prompt_length: int = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.state) + (self.prompt_logits.nbytes if self.prompt_logits is not None else 0)
+
+    def holds_prompt_logits(self, prompt: list[int]) -> bool:
+        return self.prompt_logits is not None and self.prompt_length == len(prompt) and starts_with(self.tokens, prompt)
 
 
 class PromptCache:
@@ -42,7 +55,7 @@ class PromptCache:
 
     @property
     def size_bytes(self) -> int:
-        return sum(len(entry.state) for entry in self._entries)
+        return sum(entry.size_bytes for entry in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,16 +64,18 @@ class PromptCache:
         """Whether some entry starts with these tokens (so saving them again adds nothing)."""
         return any(starts_with(entry.tokens, tokens) for entry in self._entries)
 
-    def add(self, tokens: list[int], save: Callable[[], Sized]) -> None:
-        """Keeps the state `save` returns for these tokens; it is not called when nothing would be kept."""
+    def add(self, tokens: list[int], save: Callable[[], Sized], prompt_logits: np.ndarray | None = None,
+            prompt_length: int = 0) -> None:
+        """Keeps the state `save` returns for these tokens, with the logits that followed their first
+        `prompt_length` (read-only, shared); `save` is not called when nothing would be kept."""
         if self.capacity_bytes == 0 or self.holds(tokens):
             return
-        state = save()
-        if len(state) > self.capacity_bytes:
+        entry = SavedPrompt(list(tokens), save(), prompt_logits, prompt_length)
+        if entry.size_bytes > self.capacity_bytes:
             return
         # An entry these tokens continue is held whole by the new one.
         self._entries = [e for e in self._entries if not starts_with(tokens, e.tokens)]
-        self._entries.append(SavedPrompt(list(tokens), state))
+        self._entries.append(entry)
         while self.size_bytes > self.capacity_bytes:
             self._entries.pop(0)
 
