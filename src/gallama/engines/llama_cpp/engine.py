@@ -331,7 +331,10 @@ class LlamaCppEngine(EngineThread):
             return length
         if choice.copy_from is not None:
             source = choice.copy_from
-            kept = source.holds_prompt_logits(prompt)
+            # A copy across per-sequence streams on a GPU moves the cells at the next llama_decode: a sequence
+            # that decoded nothing could leave it pending while a restore overwrites the source.
+            immediate = self._unified_kv or not self._copies_by_stream
+            kept = immediate and source.holds_prompt_logits(prompt)
             length = len(prompt) if kept else choice.reused
             self._save_before_losing(slot, source.cached[:length])
             self._copy_slot(source, slot, length)
