@@ -249,6 +249,44 @@ async def test_a_prompt_sent_again_in_another_slot_copies_its_logits_with_its_ce
         engine.close()
 
 
+async def test_a_stream_copy_is_not_overwritten_by_a_restore_admitted_with_it():
+    """A GPU's copy across per-sequence streams moves the cells at the next decode. P is copied from slot 1
+    next to the running slot 3 (into 2), and in the same admission E is to be restored into slot 1, the
+    copy's source: E must wait for that decode, else the copy carries E's cells and P answers wrongly."""
+    engine = LlamaCppEngine(PATH, max_sequences=4, cache_size=4 * 1024)
+    engine._copies_by_stream = True  # the GPU's way, forced on the CPU (where llama.cpp defers it too)
+    try:
+        def tokens(text):
+            return engine.tokenize(text, add_special=True)
+
+        def greedy(prompt, max_tokens=12):
+            request = GenerationRequest(list(prompt), max_tokens, SamplingParams(temperature=0.0), top_logprobs=0)
+            return engine.generate(request)
+
+        def same(a, b):
+            return [(e.token, e.logprob) for e in a] == [(e.token, e.logprob) for e in b]
+
+        p, e = tokens(SHARED), tokens("The old mill by the river had stood empty for fifty years. One day a")
+        count = tokens("Count to a hundred in French:")
+        fresh_e = await collect(greedy(e))  # slot 0
+        fresh_p = await collect(greedy(p))  # slot 1
+        await collect(greedy(tokens("Write a haiku about rain."), 4))  # slot 2
+        await collect(greedy(count, 1))  # slot 3 holds the prompt alone
+        await collect(greedy(tokens("Name three rivers."), 4))  # takes slot 0: E is saved to host memory
+        running = greedy(count + engine.tokenize(" un, deux,", add_special=False), 300)  # continues slot 3
+        await anext(running)
+        with engine._lock:  # both admitted in one pass
+            p_again, e_again = greedy(p), greedy(e)
+        got_p, got_e = await collect(p_again), await collect(e_again)
+        running.cancel()
+        assert (running._sequence.slot.seq_id, p_again._sequence.slot.seq_id, e_again._sequence.slot.seq_id) == (3, 2, 1)
+        assert got_p[0].cached_prompt_tokens == len(p) - 2  # copied (the tail decoded: a stream copy needs a decode)
+        assert got_e[0].cached_prompt_tokens == len(e)  # restored with its kept logits
+        assert same(got_p, fresh_p) and same(got_e, fresh_e)
+    finally:
+        engine.close()
+
+
 def test_a_batch_too_small_for_a_prompt_chunk_is_refused():
     with pytest.raises(ValueError, match="n_batch must be at least 2"):
         LlamaCppEngine(PATH, max_sequences=1, cache_size=1024, n_batch=1)

@@ -172,6 +172,7 @@ class LlamaCppEngine(EngineThread):
         self.context_length = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
         self._unified_kv = unified_kv
         self._copies_by_stream = copies_by_stream(unified_kv, self.placement is not None)
+        self._copy_pending = False  # a copy between slots made in this admission pass waits for the next decode
         self._batch = TokenBatch(n_batch)
         self._draft_model = None
         if draft_model_path:
@@ -309,6 +310,11 @@ class LlamaCppEngine(EngineThread):
             sequence.reused = reused
             sequence.pending = list(prompt[reused:])  # none: the slot kept this very prompt's logits
             self._running.append(sequence)
+            if self._copy_pending:
+                # Its cells move at this step's decode: a later admission of this pass could restore into
+                # the copy's source (or save its target) first, and the copy would carry that conversation.
+                self._copy_pending = False
+                return
 
     def _fill_slot(self, slot: _Slot, choice: SlotChoice, prompt: list[int]) -> int:
         """Gives the slot the longest cached prefix of the prompt at hand (its own, another slot's or a
@@ -331,10 +337,9 @@ class LlamaCppEngine(EngineThread):
             return length
         if choice.copy_from is not None:
             source = choice.copy_from
-            # A copy across per-sequence streams on a GPU moves the cells at the next llama_decode: a sequence
-            # that decoded nothing could leave it pending while a restore overwrites the source.
-            immediate = self._unified_kv or not self._copies_by_stream
-            kept = immediate and source.holds_prompt_logits(prompt)
+            # A copy made at the next decode needs one: a prompt that decoded nothing could leave it pending
+            # while a later pass restores into the source.
+            kept = not self._copies_at_next_decode and source.holds_prompt_logits(prompt)
             length = len(prompt) if kept else choice.reused
             self._save_before_losing(slot, source.cached[:length])
             self._copy_slot(source, slot, length)
@@ -355,9 +360,16 @@ class LlamaCppEngine(EngineThread):
         self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id), slot.prompt_logits,
                                slot.prompt_length)
 
+    @property
+    def _copies_at_next_decode(self) -> bool:
+        """Whether a copy between slots is llama.cpp's copy across per-sequence streams (a GPU's way), which
+        moves the cells at the next llama_decode; a saved state's copy, or one in a unified cache, is done at once."""
+        return self._copies_by_stream and not self._unified_kv
+
     def _copy_slot(self, source: _Slot, target: _Slot, length: int) -> None:
         """Gives `target` the first `length` cached tokens of `source` (whose cache stays)."""
         copy_sequence(self._ctx, source.seq_id, target.seq_id, length, by_stream=self._copies_by_stream)
+        self._copy_pending = self._copies_at_next_decode
         target.hold(source.cached[:length])
         if self._draft_model is not None:
             self._draft_model.copy(source.seq_id, target.seq_id, target.cached)
