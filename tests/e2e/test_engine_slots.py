@@ -311,6 +311,28 @@ async def test_restoring_a_saved_conversation_that_the_slots_own_save_pushes_out
         engine.close()
 
 
+async def test_a_conversation_that_cannot_be_saved_is_dropped_and_the_next_prompt_runs(monkeypatch):
+    """Saving a conversation that loses its slot is an optimization: when it fails (here: no memory), the
+    conversation is prefilled again when it returns, and the prompt that took its slot runs."""
+    import gallama.engines.llama_cpp.engine as engine_module
+
+    engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048)
+    try:
+        await collect(engine.generate(request(engine, SHARED, 4)))
+
+        def no_memory(*args):
+            raise MemoryError
+
+        monkeypatch.setattr(engine_module, "save_sequence", no_memory)
+        other = await asyncio.wait_for(collect(engine.generate(request(engine, "Name three rivers.", 4))), 60)
+        assert len(other) == 4 and len(engine._prompt_cache) == 0
+        monkeypatch.undo()
+        back = await asyncio.wait_for(collect(engine.generate(request(engine, SHARED, 4))), 60)
+        assert back[0].cached_prompt_tokens < MIN_COPIED_PREFIX  # prefilled again
+    finally:
+        engine.close()
+
+
 async def test_a_request_that_fails_to_start_ends_with_an_error_and_the_engine_goes_on(monkeypatch):
     engine = LlamaCppEngine(PATH, max_sequences=1, cache_size=2048)
     try:

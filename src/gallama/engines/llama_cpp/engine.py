@@ -357,8 +357,11 @@ class LlamaCppEngine(EngineThread):
         lost = len(slot.cached) - common_prefix_length(slot.cached, kept)
         if lost < MIN_COPIED_PREFIX or any(starts_with(s.cached, slot.cached) for s in self._slots if s is not slot):
             return
-        self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id), slot.prompt_logits,
-                               slot.prompt_length)
+        try:
+            self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id), slot.prompt_logits,
+                                   slot.prompt_length)
+        except Exception:  # noqa: BLE001 (unsaved, the conversation is prefilled again: no request fails for it)
+            log.exception("could not save a conversation to host memory")
 
     @property
     def _copies_at_next_decode(self) -> bool:
