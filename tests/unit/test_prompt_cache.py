@@ -1,6 +1,11 @@
 """The host-memory cache of conversations that lost their slot: what it keeps, finds and drops."""
 
-from gallama.engines.llama_cpp.prompt_cache import DEFAULT_PROMPT_CACHE_MB, PromptCache, default_prompt_cache_mb
+from gallama.engines.llama_cpp.prompt_cache import (
+    DEFAULT_PROMPT_CACHE_MB,
+    KeptLogits,
+    PromptCache,
+    default_prompt_cache_mb,
+)
 
 
 def state(size):
@@ -92,7 +97,7 @@ def test_kept_logits_count_in_the_budget_and_serve_only_their_own_prompt():
 
     logits = np.zeros(4, dtype=np.float32)  # 16 bytes
     cache = PromptCache(capacity_bytes=30)
-    cache.add([1, 2, 3, 4], lambda: state(10), logits, prompt_length=3)  # the prompt [1, 2, 3], then an answer
+    cache.add([1, 2, 3, 4], lambda: state(10), KeptLogits.of(logits, 3))  # the prompt [1, 2, 3], then an answer
     assert cache.size_bytes == 26
     entry = cache.longest_match([1, 2, 3])
     assert entry.holds_prompt_logits([1, 2, 3])
@@ -100,5 +105,5 @@ def test_kept_logits_count_in_the_budget_and_serve_only_their_own_prompt():
     assert not entry.holds_prompt_logits([1, 2, 9])
     cache.add([7], lambda: state(10))  # 36 bytes: the oldest goes
     assert cache.longest_match([1, 2, 3]) is None and cache.size_bytes == 10
-    cache.add([8, 8], lambda: state(16), logits, prompt_length=2)  # 32 bytes with its logits: never fits
+    cache.add([8, 8], lambda: state(16), KeptLogits.of(logits, 2))  # 32 bytes with its logits: never fits
     assert cache.longest_match([8, 8]) is None

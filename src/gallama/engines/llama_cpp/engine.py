@@ -31,7 +31,7 @@ from gallama.engines.draft_budget import AcceptanceRate, StepCost, draft_lengths
 from gallama.engines.llama_cpp.batch import TokenBatch
 from gallama.engines.llama_cpp.draft_model import DraftModel
 from gallama.engines.llama_cpp.gpu_split import describe_placement
-from gallama.engines.llama_cpp.prompt_cache import PromptCache, default_prompt_cache_mb
+from gallama.engines.llama_cpp.prompt_cache import KeptLogits, PromptCache, default_prompt_cache_mb
 from gallama.engines.llama_cpp.setup import (
     copies_by_stream, copy_sequence, describe_kv, flash_attention_for, load_model, load_sequence, new_context, plan_gpus,
     save_sequence, token_pieces,
@@ -58,31 +58,22 @@ class _Slot:
 
     seq_id: int
     cached: list[int] = field(default_factory=list)
-    # The logits that followed the last prompt prefilled here, which was `cached[:prompt_length]`: the same
-    # prompt again samples its first token from them and decodes nothing (a retry, a regenerated answer).
-    prompt_logits: np.ndarray | None = field(default=None, compare=False)
-    prompt_length: int = 0
+    # The logits that followed the last prompt prefilled here (a retry, a regenerated answer decodes nothing).
+    kept: KeptLogits | None = field(default=None, compare=False)
 
     def keep(self, length: int) -> None:
         """Forgets the cached tokens past `length`."""
         del self.cached[length:]
-        if length < self.prompt_length:
-            self.prompt_logits = None
+        if self.kept is not None and length < self.kept.prompt_length:
+            self.kept = None
 
     def hold(self, tokens: list[int]) -> None:
         """The cache holds these tokens now (copied or restored into it)."""
         self.cached = tokens
-        self.prompt_logits = None
-
-    def keep_prompt_logits(self, logits: np.ndarray, prompt_length: int) -> None:
-        """Keeps a copy of the logits that follow the prompt just prefilled, the first `prompt_length` cached
-        tokens (drafted tokens may follow them)."""
-        self.prompt_logits = logits.copy()
-        self.prompt_logits.flags.writeable = False
-        self.prompt_length = prompt_length
+        self.kept = None
 
     def holds_prompt_logits(self, prompt: list[int]) -> bool:
-        return self.prompt_logits is not None and self.prompt_length == len(prompt) and starts_with(self.cached, prompt)
+        return self.kept is not None and self.kept.serve(self.cached, prompt)
 
 
 @dataclass
@@ -330,7 +321,7 @@ class LlamaCppEngine(EngineThread):
             load_sequence(self._ctx, saved.state, slot.seq_id, length)
             slot.hold(saved.tokens[:length])
             if kept:
-                slot.keep_prompt_logits(saved.prompt_logits, length)
+                slot.kept = saved.kept
             self._prompt_cache.take(saved, length)
             if self._draft_model is not None:
                 self._draft_model.truncate(slot.seq_id, 0)  # it catches up from the tokens kept
@@ -344,7 +335,7 @@ class LlamaCppEngine(EngineThread):
             self._save_before_losing(slot, source.cached[:length])
             self._copy_slot(source, slot, length)
             if kept:
-                slot.keep_prompt_logits(source.prompt_logits, length)
+                slot.kept = source.kept
             return length
         reused = len(prompt) if slot.holds_prompt_logits(prompt) else choice.reused
         self._save_before_losing(slot, slot.cached[:reused])
@@ -358,8 +349,7 @@ class LlamaCppEngine(EngineThread):
         if lost < MIN_COPIED_PREFIX or any(starts_with(s.cached, slot.cached) for s in self._slots if s is not slot):
             return
         try:
-            self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id), slot.prompt_logits,
-                                   slot.prompt_length)
+            self._prompt_cache.add(slot.cached, lambda: save_sequence(self._ctx, slot.seq_id), slot.kept)
         except Exception:  # noqa: BLE001 (unsaved, the conversation is prefilled again: no request fails for it)
             log.exception("could not save a conversation to host memory")
 
@@ -476,7 +466,7 @@ class LlamaCppEngine(EngineThread):
         for sequence, rows in outputs:
             logits = [self._logits(row) for row in rows]
             if sequence.generated == 0:  # the prompt's own: kept for the same prompt again
-                sequence.slot.keep_prompt_logits(logits[0], len(sequence.request.prompt_tokens))
+                sequence.slot.kept = KeptLogits.of(logits[0], len(sequence.request.prompt_tokens))  # drafts may follow
             self._sample(sequence, logits, mask_rows.get(id(sequence)))
         self._outbox.flush()  # now, not after the step's other decode: these tokens are ready
         return seconds
@@ -497,7 +487,7 @@ class LlamaCppEngine(EngineThread):
         """Samples the first token of a prompt whose slot kept its logits: no decode at all."""
         constraint = sequence.request.constraint
         mask_row = None if constraint is None else np.frombuffer(constraint.compute_bitmask(), dtype=np.uint8)
-        self._sample(sequence, [sequence.slot.prompt_logits], mask_row)
+        self._sample(sequence, [sequence.slot.kept.logits], mask_row)
 
     def _sample(self, sequence: _Sequence, rows: list[np.ndarray], mask_row: np.ndarray | None) -> None:
         """Samples the next token from the logits of its rows; with drafts, keeps each draft the model

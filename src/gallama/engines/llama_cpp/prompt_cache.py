@@ -31,21 +31,37 @@ def default_prompt_cache_mb(unified_kv: bool, on_gpu: bool) -> float:
     return 0 if unified_kv and on_gpu else DEFAULT_PROMPT_CACHE_MB
 
 
+@dataclass(frozen=True, eq=False)  # by identity: an array has no single truth value
+class KeptLogits:
+    """The logits that followed a prompt, the first `prompt_length` tokens of a cache: the same prompt again
+    samples its first token from them and decodes nothing. Read-only, so a slot and a saved state share them."""
+
+    logits: np.ndarray
+    prompt_length: int
+
+    @classmethod
+    def of(cls, logits: np.ndarray, prompt_length: int) -> KeptLogits:
+        kept = logits.copy()  # the decode's row is a view that the next decode overwrites
+        kept.flags.writeable = False
+        return cls(kept, prompt_length)
+
+    def serve(self, cached: list[int], prompt: list[int]) -> bool:
+        """Whether they are this prompt's, in a cache that holds `cached`."""
+        return self.prompt_length == len(prompt) and starts_with(cached, prompt)
+
+
 @dataclass
 class SavedPrompt:
     tokens: list[int]
     state: Sized  # llama.cpp's saved sequence state, opaque here
-    # The logits that followed the slot's last prompt, `tokens[:prompt_length]`, when the slot kept them:
-    # restored with the state, the same prompt again decodes nothing.
-    prompt_logits: np.ndarray | None = None
-    prompt_length: int = 0
+    kept: KeptLogits | None = None  # the slot's kept logits, restored with the state
 
     @property
     def size_bytes(self) -> int:
-        return len(self.state) + (self.prompt_logits.nbytes if self.prompt_logits is not None else 0)
+        return len(self.state) + (self.kept.logits.nbytes if self.kept else 0)
 
     def holds_prompt_logits(self, prompt: list[int]) -> bool:
-        return self.prompt_logits is not None and self.prompt_length == len(prompt) and starts_with(self.tokens, prompt)
+        return self.kept is not None and self.kept.serve(self.tokens, prompt)
 
 
 class PromptCache:
@@ -64,13 +80,12 @@ class PromptCache:
         """Whether some entry starts with these tokens (so saving them again adds nothing)."""
         return any(starts_with(entry.tokens, tokens) for entry in self._entries)
 
-    def add(self, tokens: list[int], save: Callable[[], Sized], prompt_logits: np.ndarray | None = None,
-            prompt_length: int = 0) -> None:
-        """Keeps the state `save` returns for these tokens, with the logits that followed their first
-        `prompt_length` (read-only, shared); `save` is not called when nothing would be kept."""
+    def add(self, tokens: list[int], save: Callable[[], Sized], kept: KeptLogits | None = None) -> None:
+        """Keeps the state `save` returns for these tokens (and the logits kept for a prompt they start with);
+        `save` is not called when nothing would be kept."""
         if self.capacity_bytes == 0 or self.holds(tokens):
             return
-        entry = SavedPrompt(list(tokens), save(), prompt_logits, prompt_length)
+        entry = SavedPrompt(list(tokens), save(), kept)
         if entry.size_bytes > self.capacity_bytes:
             return
         # An entry these tokens continue is held whole by the new one.
