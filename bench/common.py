@@ -152,6 +152,20 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(root: int) -> dict[tuple[int, int], float]:
+    """CPU seconds of every thread of a process tree, by (pid, tid). Exact: schedstat's nanoseconds on the
+    CPU (stat's utime and stime are sampled at the clock tick and misread work that recurs every ~10 ms)."""
+    found = {}
+    for pid in process_tree(root):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    found[(pid, int(tid))] = int(stat.read().split()[0]) / 1e9
+        except OSError:
+            pass  # a process or thread that ended meanwhile
+    return found
+
+
 class PeakRSS:
     """Samples the summed RSS of a process tree in a thread; `peak_mib` is the highest seen.
 

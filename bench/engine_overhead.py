@@ -126,28 +126,13 @@ async def timed_stream(client: httpx.AsyncClient, server: common.Server, prompt:
                        banned: list[int], cpu: dict[str, float]) -> common.StreamResult:
     """One streamed chat, with the server's CPU by thread kind and the client's (this process) added to `cpu`."""
     payload = common.chat_payload(prompt, max_tokens, banned)
-    before, client_before = thread_cpu(server.process.pid), time.process_time()
+    before, client_before = common.thread_cpu_seconds(server.process.pid), time.process_time()
     result = await common.stream_chat(client, server.base_url, payload)
     cpu[f"HTTP client streaming from {server.name} (this process)"] += time.process_time() - client_before
-    add_cpu(cpu, server.name, before, thread_cpu(server.process.pid))
+    add_cpu(cpu, server.name, before, common.thread_cpu_seconds(server.process.pid))
     if result.error or result.tokens != max_tokens:
         raise RuntimeError(f"{server.name}: {result.error or result.tokens} ({result.finish_reason})")
     return result
-
-
-def thread_cpu(root: int) -> dict[tuple[int, int], float]:
-    """CPU seconds of every thread of a process tree, by (pid, tid)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for pid in common.process_tree(root):
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-                found[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / ticks
-        except OSError:
-            pass
-    return found
 
 
 def add_cpu(cpu: dict[str, float], name: str, before: dict, after: dict) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -30,21 +29,9 @@ ENGINES = ("gallama", "llama-server")
 CONTEXT_PER_SLOT = 4096
 
 
-def thread_cpu_ms(pid: int) -> dict[int, float]:
-    """Each thread's time on the CPU so far, in ms."""
-    times = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                times[int(tid)] = int(stat.read().split()[0]) / 1e6
-        except OSError:
-            continue  # a thread that ended meanwhile
-    return times
-
-
-def split_per_token(before: dict[int, float], after: dict[int, float], tokens: int, compute_threads: int) -> tuple[float, float]:
-    """(compute threads', serving side's) CPU ms per token between two readings."""
-    spent = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
+def split_per_token(before: dict, after: dict, tokens: int, compute_threads: int) -> tuple[float, float]:
+    """(compute threads', serving side's) CPU per token between two readings of each thread's CPU time."""
+    spent = sorted((after[thread] - before.get(thread, 0.0) for thread in after), reverse=True)
     return sum(spent[:compute_threads]) / tokens, sum(spent[compute_threads:]) / tokens
 
 
@@ -58,17 +45,21 @@ async def streamed_tokens(client: httpx.AsyncClient, base_url: str, payload: dic
 async def measure(server: common.Server, args, banned: list[int], round_index: int) -> dict[str, tuple[float, float]]:
     pid = server.process.pid
     figures = {}
+
+    def thread_cpu_ms() -> dict[tuple[int, int], float]:
+        return {thread: 1000 * seconds for thread, seconds in common.thread_cpu_seconds(pid).items()}
+
     # No keep-alive: llama-server's HTTP threads drop idle connections, and both sides then pay the same.
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         prompt = common.PROMPTS[0]
         await streamed_tokens(client, server.base_url, common.chat_payload(prompt, 8, banned))  # warm-up
         for streams, requests in ((1, args.requests), (args.concurrency, 2 * args.concurrency)):
-            before, tokens = thread_cpu_ms(pid), 0
+            before, tokens = thread_cpu_ms(), 0
             for start in range(0, requests, streams):
                 payloads = [common.chat_payload(f"{round_index}-{start + i}. {common.PROMPTS[(start + i) % len(common.PROMPTS)]}",
                                                 args.max_tokens, banned) for i in range(streams)]
                 tokens += sum(await asyncio.gather(*(streamed_tokens(client, server.base_url, p) for p in payloads)))
-            figures[f"{streams}"] = split_per_token(before, thread_cpu_ms(pid), tokens, args.threads)
+            figures[f"{streams}"] = split_per_token(before, thread_cpu_ms(), tokens, args.threads)
     return figures
 
 
