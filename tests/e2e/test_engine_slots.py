@@ -38,6 +38,15 @@ async def collect(stream):
     return [event async for event in stream]
 
 
+def greedy_with_logprobs(engine, tokens, max_tokens=12):
+    """A greedy stream whose events carry each token's logprob, to compare answers to the bit."""
+    return engine.generate(GenerationRequest(list(tokens), max_tokens, SamplingParams(temperature=0.0), top_logprobs=0))
+
+
+def to_the_bit(events):
+    return [(e.token, e.logprob) for e in events]
+
+
 @pytest.mark.parametrize("by_stream", [False, True], ids=["saved-state-copy", "stream-copy"])
 @pytest.mark.parametrize("draft", [None, PATH], ids=["plain", "draft-model"])
 async def test_copied_prefix_gives_the_same_output_as_reuse_in_place(draft, by_stream):
@@ -141,8 +150,7 @@ async def test_a_prompt_gives_the_same_output_fresh_and_from_the_cache():
         assert len(prompt) == 25
 
         def greedy(tokens):
-            request = GenerationRequest(list(tokens), 20, SamplingParams(temperature=0.0), top_logprobs=0)
-            return collect(engine.generate(request))
+            return collect(greedy_with_logprobs(engine, tokens, 20))
 
         fresh = await greedy(prompt)
         await greedy(prompt + engine.tokenize("The sea is"))  # the slot now holds a longer prompt's logits
@@ -151,8 +159,8 @@ async def test_a_prompt_gives_the_same_output_fresh_and_from_the_cache():
         assert fresh[0].cached_prompt_tokens == 0
         assert tail_decoded[0].cached_prompt_tokens == len(prompt) - 2
         assert from_kept_logits[0].cached_prompt_tokens == len(prompt)
-        assert [(e.token, e.logprob) for e in tail_decoded] == [(e.token, e.logprob) for e in fresh]  # to the bit
-        assert [(e.token, e.logprob) for e in from_kept_logits] == [(e.token, e.logprob) for e in fresh]
+        assert to_the_bit(tail_decoded) == to_the_bit(fresh)
+        assert to_the_bit(from_kept_logits) == to_the_bit(fresh)
     finally:
         engine.close()
 
@@ -207,14 +215,13 @@ async def test_a_prompt_sent_again_after_losing_its_slot_comes_back_with_its_log
         prompt = engine.tokenize(SHARED, add_special=True)
 
         def greedy(tokens, max_tokens=12):
-            return collect(engine.generate(GenerationRequest(list(tokens), max_tokens, SamplingParams(temperature=0.0),
-                                                             top_logprobs=0)))
+            return collect(greedy_with_logprobs(engine, tokens, max_tokens))
 
         fresh = await greedy(prompt)
         await greedy(engine.tokenize("Write a haiku about rain.", add_special=True), 4)  # takes the only slot
         again = await greedy(prompt)
         assert again[0].cached_prompt_tokens == len(prompt)  # restored whole, its first token from the kept logits
-        assert [(e.token, e.logprob) for e in again] == [(e.token, e.logprob) for e in fresh]  # to the bit
+        assert to_the_bit(again) == to_the_bit(fresh)
     finally:
         engine.close()
 
@@ -229,8 +236,7 @@ async def test_a_prompt_sent_again_in_another_slot_copies_its_logits_with_its_ce
         prompt = engine.tokenize(SHARED, add_special=True)
 
         def greedy(tokens, max_tokens=12):
-            request = GenerationRequest(list(tokens), max_tokens, SamplingParams(temperature=0.0), top_logprobs=0)
-            return engine.generate(request)
+            return greedy_with_logprobs(engine, tokens, max_tokens)
 
         fresh = await collect(greedy(prompt))  # slot 0 holds the prompt and the logits that followed it
         # As in the copied-prefix test: slot 2 runs, so the prompt again must run in slot 1 or 3.
@@ -244,7 +250,7 @@ async def test_a_prompt_sent_again_in_another_slot_copies_its_logits_with_its_ce
         neighbour.cancel()
         assert stream._sequence.slot.seq_id in (1, 3)
         assert again[0].cached_prompt_tokens == len(prompt) - (2 if by_stream else 0)
-        assert [(e.token, e.logprob) for e in again] == [(e.token, e.logprob) for e in fresh]
+        assert to_the_bit(again) == to_the_bit(fresh)
     finally:
         engine.close()
 
@@ -260,11 +266,7 @@ async def test_a_stream_copy_is_not_overwritten_by_a_restore_admitted_with_it():
             return engine.tokenize(text, add_special=True)
 
         def greedy(prompt, max_tokens=12):
-            request = GenerationRequest(list(prompt), max_tokens, SamplingParams(temperature=0.0), top_logprobs=0)
-            return engine.generate(request)
-
-        def same(a, b):
-            return [(e.token, e.logprob) for e in a] == [(e.token, e.logprob) for e in b]
+            return greedy_with_logprobs(engine, prompt, max_tokens)
 
         p, e = tokens(SHARED), tokens("The old mill by the river had stood empty for fifty years. One day a")
         count = tokens("Count to a hundred in French:")
@@ -282,7 +284,7 @@ async def test_a_stream_copy_is_not_overwritten_by_a_restore_admitted_with_it():
         assert (running._sequence.slot.seq_id, p_again._sequence.slot.seq_id, e_again._sequence.slot.seq_id) == (3, 2, 1)
         assert got_p[0].cached_prompt_tokens == len(p) - 2  # copied (the tail decoded: a stream copy needs a decode)
         assert got_e[0].cached_prompt_tokens == len(e)  # restored with its kept logits
-        assert same(got_p, fresh_p) and same(got_e, fresh_e)
+        assert to_the_bit(got_p) == to_the_bit(fresh_p) and to_the_bit(got_e) == to_the_bit(fresh_e)
     finally:
         engine.close()
 
